@@ -1,0 +1,1 @@
+"""deflect_min: DEFLECT in a few small modules."""
