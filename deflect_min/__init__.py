@@ -1,1 +1,31 @@
-"""deflect_min: DEFLECT in a few small modules."""
+"""deflect_min: DEFLECT (Thoreau, Marsocci, Derksen, ICCV 2025) in a few small modules.
+
+* :mod:`deflect_min.bands` -- sensor-qualified band names and spectral roles
+* :mod:`deflect_min.indices` -- spectral indices from the spyndex catalogue
+* :mod:`deflect_min.embedding` -- the embedding decomposition x = x_P + x_A
+* :mod:`deflect_min.attention` -- untangled attention (uAtt)
+* :mod:`deflect_min.deflection` -- embedding deflection
+* :mod:`deflect_min.adaptation` -- ``adapt``: every method through one entry point
+"""
+
+from .adaptation import METHODS, adapt, default_layers
+from .bands import BANDS, SENSORS, resolve_bands, rgb_of
+from .deflection import deflect
+from .trace import trace
+from .tuning import count_parameters, load_peft_state_dict, peft_state_dict
+
+__all__ = [
+    "BANDS",
+    "METHODS",
+    "SENSORS",
+    "adapt",
+    "count_parameters",
+    "default_layers",
+    "deflect",
+    "load_peft_state_dict",
+    "peft_state_dict",
+    "resolve_bands",
+    "rgb_of",
+    "trace",
+]
+__version__ = "0.1.0"
