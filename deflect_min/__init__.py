@@ -6,16 +6,21 @@
 * :mod:`deflect_min.attention` -- untangled attention (uAtt)
 * :mod:`deflect_min.deflection` -- embedding deflection
 * :mod:`deflect_min.adaptation` -- ``adapt``: every method through one entry point
+* :mod:`deflect_min.samples` -- 30 real BigEarthNet Sentinel-2 patches shipped in ``data/``
+* :mod:`deflect_min.data` -- the five benchmark datasets
 """
 
 from .adaptation import METHODS, adapt, default_layers
 from .bands import BANDS, SENSORS, resolve_bands, rgb_of
 from .deflection import deflect
+from .samples import BEN19_CLASSES, BigEarthNetSamples, load_samples
 from .trace import trace
 from .tuning import count_parameters, load_peft_state_dict, peft_state_dict
 
 __all__ = [
     "BANDS",
+    "BEN19_CLASSES",
+    "BigEarthNetSamples",
     "METHODS",
     "SENSORS",
     "adapt",
@@ -23,6 +28,7 @@ __all__ = [
     "default_layers",
     "deflect",
     "load_peft_state_dict",
+    "load_samples",
     "peft_state_dict",
     "resolve_bands",
     "rgb_of",
