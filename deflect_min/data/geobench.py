@@ -1,0 +1,321 @@
+"""GEO-Bench v1 classification tasks: m-so2sat, m-brick-kiln and m-forestnet.
+
+One HDF5 file per sample, one HDF5 dataset per band. Two facts shape this reader:
+
+* ``h5py`` lists a file's datasets **alphabetically**, not in the sensor's band order (m-forestnet
+  sorts to Blue, Green, Red ... while its ``bands_order`` is Red, Green, Blue ...), so bands are
+  always selected **by name**.
+* The class label lives only in the file attribute ``attrs["pickle"]``, a pickled dict that
+  references ``geobench`` classes (and ``affine``, ``rasterio``, ``datetime``, numpy). It is read
+  with :class:`RestrictedUnpickler`: geobench-family classes become inert stubs, a short
+  allow-list of builtins, ``datetime``, ``collections`` and numpy reconstructors is allowed, and
+  anything else is refused. ``geobench`` itself is never imported.
+
+Data: Hugging Face dataset ``recursix/geo-bench-1.0`` (CC-BY-SA-4.0), one zip per task under
+``classification_v1.0/``, unpacked to ``<root>/classification_v1.0/<m-name>/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _download
+from ._common import BenchmarkDataset
+
+__all__ = [
+    "RestrictedUnpickler",
+    "read_geobench_attrs",
+    "GeoBenchClassification",
+    "MSo2Sat",
+    "MBrickKiln",
+    "MForestNet",
+]
+
+HF_REPO = "recursix/geo-bench-1.0"
+BENCHMARK_DIR = "classification_v1.0"
+
+
+# ---------------------------------------------------------------------------- unpickling
+class _Stub:
+    """Stand-in for a geobench / affine / rasterio object: keeps the pickled state, runs nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:
+        obj = object.__new__(cls)
+        obj.__dict__["_args"] = args
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slots state)
+            for part in state:
+                if isinstance(part, dict):
+                    self.__dict__.update(part)
+        elif isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_state"] = state
+
+    def __repr__(self) -> str:
+        fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return f"<stub {type(self).__module__}.{type(self).__name__} {fields}>"
+
+
+_STUB_MODULES = ("geobench", "ccb", "affine", "rasterio")
+_ALLOWED: dict[str, set[str]] = {
+    "builtins": {"set", "frozenset", "list", "dict", "tuple", "int", "float", "complex", "str",
+                 "bytes", "bytearray", "bool", "slice", "range", "object"},
+    "datetime": {"date", "datetime", "time", "timedelta", "timezone"},
+    "collections": {"OrderedDict", "defaultdict", "deque"},
+    "numpy": {"dtype", "ndarray"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "numpy.core.numeric": {"_frombuffer"},
+    "numpy._core.numeric": {"_frombuffer"},
+}
+_STUBS: dict[tuple[str, str], type] = {}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickle GEO-Bench attributes without importing geobench or running arbitrary code.
+
+    Classes from modules starting with ``geobench``, ``ccb`` (GEO-Bench's historic name),
+    ``affine`` or ``rasterio`` are replaced by inert stub classes that only store their state;
+    a small allow-list of builtins, ``datetime``, ``collections`` and numpy array/scalar
+    reconstructors is honoured; everything else raises :class:`pickle.UnpicklingError`.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        if module.split(".")[0] in _STUB_MODULES:
+            key = (module, name)
+            if key not in _STUBS:
+                _STUBS[key] = type(name, (_Stub,), {"__module__": module})
+            return _STUBS[key]
+        if name in _ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (not allow-listed)")
+
+
+def read_geobench_attrs(h5file: Any) -> dict[str, Any]:
+    """Decode ``attrs["pickle"]`` of an open GEO-Bench HDF5 file with the restricted unpickler."""
+    raw = h5file.attrs["pickle"]
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    data = ast.literal_eval(str(raw))  # the attribute is str(pickle.dumps(...)), a bytes literal
+    return RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+# ---------------------------------------------------------------------------- datasets
+class GeoBenchClassification(BenchmarkDataset):
+    """A GEO-Bench v1 classification task: per-sample HDF5, bands by name, label from the pickle.
+
+    Subclasses give ``dataset_name`` (``"m-so2sat"`` ...), ``band_map`` (sensor-qualified band
+    name -> GEO-Bench band name, in the true band order), ``classes`` and ``scale`` (the factor
+    that turns the stored values into reflectance).
+
+    Args:
+        root: folder that holds (or will hold) ``classification_v1.0/<m-name>/``; the task folder
+            itself is accepted too.
+        split: ``"train"``, ``"val"`` or ``"test"`` (GEO-Bench's ``default_partition.json``;
+            ``"val"`` is its ``"valid"``).
+        bands: band names to load, in the order wanted (default: all, in the true order).
+        transforms: callable applied to each sample dict.
+        download: download ``classification_v1.0/<m-name>.zip`` from the Hugging Face hub if the
+            data are not under ``root``.
+        checksum: verify the zip against the SHA-256 the hub publishes before extracting it.
+    """
+
+    dataset_name: ClassVar[str] = ""
+    band_map: ClassVar[dict[str, str]] = {}
+    scale: ClassVar[float] = 1.0
+    scale_note: ClassVar[str] = ""
+
+    def __init__(self, root: str | Path = "data", split: str = "train",
+                 bands: Sequence[str] | None = None,
+                 transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+                 download: bool = False, checksum: bool = True) -> None:
+        self._setup(root, split, bands, transforms, download, checksum)
+        task_dir = self._find_task_dir()
+        if task_dir is None:
+            remote = self.remote()
+            if _download.download_and_extract(
+                    remote, self.root, dataset=type(self).__name__, download=download,
+                    checksum=checksum, retry_call=self._download_call(),
+                    extract_to=self._extraction_dir):
+                task_dir = self._find_task_dir()
+            if task_dir is None:
+                raise self._not_found(
+                    f"{BENCHMARK_DIR}/{self.dataset_name}/default_partition.json")
+        self.task_dir = task_dir
+        partition_path = task_dir / "default_partition.json"
+        try:
+            partition = json.loads(partition_path.read_text())
+        except (OSError, ValueError) as error:
+            raise self._unreadable(partition_path, error) from error
+        key = {"val": "valid"}.get(split, split)
+        if key not in partition:
+            raise self._unreadable(partition_path, KeyError(f"no {key!r} split"))
+        self.sample_names: list[str] = list(partition[key])
+        self.files = [task_dir / f"{name}.hdf5" for name in self.sample_names]
+
+    @classmethod
+    def remote(cls) -> _download.Remote:
+        """Where the task's zip lives on the Hugging Face hub."""
+        path = f"{BENCHMARK_DIR}/{cls.dataset_name}.zip"
+        return _download.Remote(
+            relpath=path, hf_repo=HF_REPO, hf_path=path,
+            url=f"https://huggingface.co/datasets/{HF_REPO}/resolve/main/{path}")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.all_bands = tuple(cls.band_map)
+
+    def _extraction_dir(self, archive: Path) -> Path:
+        """Unpack next to the zip if its members sit in ``<m-name>/``, else into ``<m-name>/``."""
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                names = zf.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return archive.parent  # extract() reports the damaged archive by name
+        prefix = f"{self.dataset_name}/"
+        if names and all(n.startswith(prefix) for n in names):
+            return archive.parent
+        return archive.parent / self.dataset_name
+
+    def _find_task_dir(self) -> Path | None:
+        for candidate in (self.root / BENCHMARK_DIR / self.dataset_name,
+                          self.root / self.dataset_name, self.root):
+            if (candidate / "default_partition.json").is_file():
+                return candidate
+        return None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, path: Path) -> tuple[np.ndarray, int]:
+        import h5py
+
+        wanted = [self.band_map[b] for b in self.bands]
+        try:
+            with h5py.File(path, "r") as h5:
+                attrs = read_geobench_attrs(h5)
+                # GEO-Bench band name -> HDF5 dataset name (which may carry a date suffix).
+                by_name: dict[str, str] = {}
+                for descriptor in attrs.get("bands_order", list(h5.keys())):
+                    info = attrs.get(descriptor, {}).get("band_info")
+                    by_name.setdefault(getattr(info, "name", descriptor), descriptor)
+                missing = [w for w in wanted if w not in by_name]
+                if missing:
+                    raise KeyError(f"bands {missing} not in the file (it has {list(by_name)})")
+                image = np.stack([np.asarray(h5[by_name[w]], dtype=np.float32) for w in wanted])
+                label = int(attrs["label"])
+        except pickle.UnpicklingError as error:
+            raise self._unreadable(path, error) from error
+        except (OSError, KeyError, ValueError, SyntaxError, EOFError, TypeError) as error:
+            raise self._unreadable(path, error) from error
+        return image * np.float32(self.scale), label
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """Return ``{"image": float32 (C, H, W) reflectance, "label": int64 scalar}``."""
+        image, label = self._read(self.files[index])
+        sample = {"image": torch.from_numpy(image),
+                  "label": torch.tensor(label, dtype=torch.int64)}
+        return self._apply(sample)
+
+    def _all_band_stats(self) -> dict[str, tuple[float, float]]:
+        path = self.task_dir / "band_stats.json"
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise self._unreadable(path, error) from error
+        return {b: (stats[g]["mean"] * self.scale, stats[g]["std"] * self.scale)
+                for b, g in self.band_map.items() if g in stats}
+
+
+class MSo2Sat(GeoBenchClassification):
+    """GEO-Bench m-so2sat: 32 x 32 px, the 10 Sentinel-2 bands, 17 local climate zones.
+
+    The 8 Sentinel-1 channels of the file are not exposed (DEFLECT and PANGAEA use Sentinel-2
+    only). Values are So2Sat's, already reflectance (scale 1).
+
+    Example::
+
+        ds = MSo2Sat(root="data/geobench", split="train", download=True)
+    """
+
+    dataset_name = "m-so2sat"
+    band_map = {
+        "S2_B02": "02 - Blue", "S2_B03": "03 - Green", "S2_B04": "04 - Red",
+        "S2_B05": "05 - Vegetation Red Edge", "S2_B06": "06 - Vegetation Red Edge",
+        "S2_B07": "07 - Vegetation Red Edge", "S2_B08": "08 - NIR",
+        "S2_B8A": "08A - Vegetation Red Edge", "S2_B11": "11 - SWIR", "S2_B12": "12 - SWIR",
+    }
+    scale = 1.0
+    classes = (
+        "Compact high rise", "Compact mid rise", "Compact low rise", "Open high rise",
+        "Open mid rise", "Open low rise", "Lightweight low rise", "Large low rise",
+        "Sparsely built", "Heavy industry", "Dense trees", "Scattered trees", "Bush, scrub",
+        "Low plants", "Bare rock or paved", "Bare soil or sand", "Water",
+    )
+
+
+class MBrickKiln(GeoBenchClassification):
+    """GEO-Bench m-brick-kiln: 64 x 64 px, 13 Sentinel-2 bands, brick kiln or not.
+
+    Stored as Sentinel-2 digital numbers (reflectance x 10000); returned as reflectance.
+
+    Example::
+
+        ds = MBrickKiln(root="data/geobench", split="train", download=True)
+    """
+
+    dataset_name = "m-brick-kiln"
+    band_map = {
+        "S2_B01": "01 - Coastal aerosol", "S2_B02": "02 - Blue", "S2_B03": "03 - Green",
+        "S2_B04": "04 - Red", "S2_B05": "05 - Vegetation Red Edge",
+        "S2_B06": "06 - Vegetation Red Edge", "S2_B07": "07 - Vegetation Red Edge",
+        "S2_B08": "08 - NIR", "S2_B8A": "08A - Vegetation Red Edge",
+        "S2_B09": "09 - Water vapour", "S2_B10": "10 - SWIR - Cirrus", "S2_B11": "11 - SWIR",
+        "S2_B12": "12 - SWIR",
+    }
+    scale = 1e-4
+    classes = ("not brick kiln", "brick kiln")
+
+
+class MForestNet(GeoBenchClassification):
+    """GEO-Bench m-forestnet: 332 x 332 px at 15 m, 6 Landsat-8 bands, 12 deforestation drivers.
+
+    ForestNet ships 8-bit images (visible PNG, infrared arrays cast to uint8), so the "reflectance"
+    returned here is the 8-bit value / 255: a brightness proxy, not calibrated reflectance.
+    Spectral indices computed from it are approximate.
+
+    Example::
+
+        ds = MForestNet(root="data/geobench", split="train", download=True)
+    """
+
+    dataset_name = "m-forestnet"
+    band_map = {
+        "L8_B04": "04 - Red", "L8_B03": "03 - Green", "L8_B02": "02 - Blue",
+        "L8_B05": "05 - NIR", "L8_B06": "06 - SWIR1", "L8_B07": "07 - SWIR2",
+    }
+    scale = 1.0 / 255.0
+    classes = (
+        "Oil palm plantation", "Timber plantation", "Other large-scale plantations",
+        "Grassland shrubland", "Small-scale agriculture", "Small-scale mixed plantation",
+        "Small-scale oil palm plantation", "Mining", "Fish pond", "Logging",
+        "Secondary forest", "Other",
+    )

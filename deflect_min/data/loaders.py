@@ -1,0 +1,221 @@
+"""Train / val / test ``DataLoader``s for the five benchmarks, with the crops the models need.
+
+The datasets already return **reflectance** (each class applies its own scaling: GEO-Bench
+m-brick-kiln digital numbers x 1e-4, m-forestnet 8-bit / 255, the others are stored as
+reflectance), so nothing here rescales by default. The ViT backbones take 224 x 224 inputs:
+
+* classification (32 / 64 / 332 px images): every split is **resized** to 224 (bilinear);
+* segmentation (512 px HLS, 240 px MADOS): training takes a **random 224 crop**; evaluation takes
+  the **centre 224 crop** (``eval_mode="center"``, quick) or the **full image**
+  (``eval_mode="full"``) to be predicted with :func:`sliding_window_logits`, which tiles it with
+  overlapping 224 windows and averages the logits (the way PANGAEA evaluates).
+
+Standardisation is the model's job (spectral indices need reflectance); pass
+``standardize=True`` to get images standardised with the dataset's ``band_stats`` instead.
+
+Example::
+
+    from deflect_min.data import make_dataloaders
+    loaders = make_dataloaders("hls-burn-scars", root="data/hls", download=True, batch_size=8)
+    batch = next(iter(loaders["train"]))     # image (8, 6, 224, 224), mask (8, 224, 224)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+__all__ = ["Resize", "RandomCrop", "CenterCrop", "Standardize", "Compose", "make_dataloaders",
+           "sliding_window_logits"]
+
+Sample = dict[str, Tensor]
+
+
+class Resize:
+    """Resize ``image`` (bilinear) and ``mask`` (nearest) to ``size`` x ``size``."""
+
+    def __init__(self, size: int) -> None:  # noqa: D107
+        self.size = size
+
+    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+        sample = dict(sample)
+        image = sample["image"]
+        if image.shape[-2:] != (self.size, self.size):
+            sample["image"] = F.interpolate(image[None], size=(self.size, self.size),
+                                            mode="bilinear", align_corners=False)[0]
+        if "mask" in sample and sample["mask"].shape[-2:] != (self.size, self.size):
+            mask = sample["mask"][None, None].float()
+            sample["mask"] = F.interpolate(mask, size=(self.size, self.size),
+                                           mode="nearest")[0, 0].long()
+        return sample
+
+
+def _pad_to(sample: Sample, size: int, ignore_index: int) -> Sample:
+    h, w = sample["image"].shape[-2:]
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph == 0 and pw == 0:
+        return sample
+    sample = dict(sample)
+    sample["image"] = F.pad(sample["image"], (0, pw, 0, ph), value=0.0)
+    if "mask" in sample:
+        sample["mask"] = F.pad(sample["mask"], (0, pw, 0, ph), value=ignore_index)
+    return sample
+
+
+def _crop(sample: Sample, top: int, left: int, size: int) -> Sample:
+    out = dict(sample)
+    out["image"] = sample["image"][..., top:top + size, left:left + size]
+    if "mask" in sample:
+        out["mask"] = sample["mask"][..., top:top + size, left:left + size]
+    return out
+
+
+class RandomCrop:
+    """Random ``size`` x ``size`` crop of image and mask (padding with ``ignore_index`` if small)."""
+
+    def __init__(self, size: int, ignore_index: int = -1) -> None:  # noqa: D107
+        self.size, self.ignore_index = size, ignore_index
+
+    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+        sample = _pad_to(sample, self.size, self.ignore_index)
+        h, w = sample["image"].shape[-2:]
+        top = int(torch.randint(0, h - self.size + 1, ()))
+        left = int(torch.randint(0, w - self.size + 1, ()))
+        return _crop(sample, top, left, self.size)
+
+
+class CenterCrop:
+    """Centre ``size`` x ``size`` crop of image and mask (padding with ``ignore_index`` if small)."""
+
+    def __init__(self, size: int, ignore_index: int = -1) -> None:  # noqa: D107
+        self.size, self.ignore_index = size, ignore_index
+
+    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+        sample = _pad_to(sample, self.size, self.ignore_index)
+        h, w = sample["image"].shape[-2:]
+        return _crop(sample, (h - self.size) // 2, (w - self.size) // 2, self.size)
+
+
+class Standardize:
+    """``(image - mean) / std`` per channel (reflectance statistics of the dataset)."""
+
+    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:  # noqa: D107
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+        sample = dict(sample)
+        sample["image"] = (sample["image"] - self.mean) / self.std.clamp_min(1e-12)
+        return sample
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:  # noqa: D107
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+        for transform in self.transforms:
+            sample = transform(sample)
+        return sample
+
+
+def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[str] | None = None,
+                     batch_size: int = 32, eval_batch_size: int | None = None,
+                     num_workers: int = 2, size: int = 224, eval_mode: str = "center",
+                     standardize: bool = False, download: bool = False, checksum: bool = True,
+                     seed: int = 0, splits: Sequence[str] = ("train", "val", "test"),
+                     **loader_kwargs: Any) -> dict[str, DataLoader]:
+    """Build ``{"train", "val", "test"}`` DataLoaders for one benchmark.
+
+    Args:
+        dataset: a class (``MSo2Sat`` ...) or a key of :data:`deflect_min.data.DATASETS`
+            (``"m-so2sat"``, ``"m-brick-kiln"``, ``"m-forestnet"``, ``"hls-burn-scars"``,
+            ``"mados"``).
+        root: the dataset's root folder.
+        bands: band names (default: all bands of the dataset).
+        batch_size: training batch size; ``eval_batch_size`` defaults to it.
+        num_workers: DataLoader worker processes (Colab has 2 CPU cores).
+        size: model input size (224 for the ViTs).
+        eval_mode: segmentation only: ``"center"`` (centre crop) or ``"full"`` (whole images,
+            for :func:`sliding_window_logits`).
+        standardize: standardise with the dataset's per-band statistics (default: leave
+            reflectance, the model standardises).
+        download, checksum: passed to the dataset classes.
+        seed: seed of the training shuffle.
+        splits: which loaders to build.
+        **loader_kwargs: extra ``DataLoader`` arguments (``pin_memory`` ...).
+    """
+    from . import DATASETS
+
+    if isinstance(dataset, str):
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; valid names are {list(DATASETS)}.")
+        cls = DATASETS[dataset]
+    else:
+        cls = dataset
+    if eval_mode not in ("center", "full"):
+        raise ValueError(f"eval_mode must be 'center' or 'full', got {eval_mode!r}.")
+    segmentation = cls.task == "segmentation"
+    loaders: dict[str, DataLoader] = {}
+    stats_source = None
+    for split in splits:
+        if segmentation:
+            ignore = cls.ignore_index if cls.ignore_index is not None else -1
+            if split == "train":
+                geometric: list = [RandomCrop(size, ignore)]
+            else:
+                geometric = [CenterCrop(size, ignore)] if eval_mode == "center" else []
+        else:
+            geometric = [Resize(size)]
+        ds = cls(root=root, split=split, bands=bands, download=download, checksum=checksum)
+        download = False  # the first split fetched everything
+        if standardize:
+            stats_source = stats_source or ds
+            geometric.append(Standardize(stats_source.mean, stats_source.std))
+        ds.transforms = Compose(geometric)
+        generator = torch.Generator().manual_seed(seed) if split == "train" else None
+        loaders[split] = DataLoader(
+            ds, batch_size=batch_size if split == "train" else (eval_batch_size or batch_size),
+            shuffle=split == "train", generator=generator, num_workers=num_workers,
+            persistent_workers=False, **loader_kwargs)
+    return loaders
+
+
+@torch.no_grad()
+def sliding_window_logits(model: Callable[[Tensor], Tensor], image: Tensor, num_classes: int,
+                          window: int = 224, stride: int | None = None) -> Tensor:
+    """Segment a (B, C, H, W) batch larger than the model's input with overlapping windows.
+
+    Windows of ``window`` px are placed every ``stride`` px (default: half a window), always
+    including the last row / column; ``model`` maps (N, C, window, window) to
+    (N, num_classes, window, window) logits, which are averaged where windows overlap. Images
+    smaller than a window are zero-padded. Returns (B, num_classes, H, W) logits.
+    """
+    stride = stride or window // 2
+    b, _, h, w = image.shape
+    ph, pw = max(window - h, 0), max(window - w, 0)
+    if ph or pw:
+        image = F.pad(image, (0, pw, 0, ph))
+    H, W = image.shape[-2:]
+    tops = list(range(0, H - window + 1, stride))
+    lefts = list(range(0, W - window + 1, stride))
+    if tops[-1] != H - window:
+        tops.append(H - window)
+    if lefts[-1] != W - window:
+        lefts.append(W - window)
+    logits = image.new_zeros((b, num_classes, H, W))
+    counts = image.new_zeros((1, 1, H, W))
+    for top in tops:
+        for left in lefts:
+            logits[..., top:top + window, left:left + window] += model(
+                image[..., top:top + window, left:left + window])
+            counts[..., top:top + window, left:left + window] += 1
+    return (logits / counts)[..., :h, :w]
