@@ -8,11 +8,15 @@
 * :mod:`deflect_min.adaptation` -- ``adapt``: every method through one entry point
 * :mod:`deflect_min.samples` -- 30 real BigEarthNet Sentinel-2 patches shipped in ``data/``
 * :mod:`deflect_min.data` -- the five benchmark datasets
+* :mod:`deflect_min.models`, :mod:`deflect_min.heads`, :mod:`deflect_min.build` -- the three GFMs, task heads, ``build_model``
 """
 
 from .adaptation import METHODS, adapt, default_layers
 from .bands import BANDS, SENSORS, resolve_bands, rgb_of
+from .build import TASKS, GFMClassifier, GFMSegmenter, build_model
 from .deflection import deflect
+from .heads import ClassificationHead, UPerNet
+from .models import GFM_NAMES, GFMCard, gfm_card, load_gfm
 from .samples import BEN19_CLASSES, BigEarthNetSamples, load_samples
 from .trace import trace
 from .tuning import count_parameters, load_peft_state_dict, peft_state_dict
@@ -21,12 +25,22 @@ __all__ = [
     "BANDS",
     "BEN19_CLASSES",
     "BigEarthNetSamples",
+    "ClassificationHead",
+    "GFMCard",
+    "GFMClassifier",
+    "GFMSegmenter",
+    "GFM_NAMES",
     "METHODS",
     "SENSORS",
+    "TASKS",
+    "UPerNet",
     "adapt",
+    "build_model",
     "count_parameters",
     "default_layers",
     "deflect",
+    "gfm_card",
+    "load_gfm",
     "load_peft_state_dict",
     "load_samples",
     "peft_state_dict",

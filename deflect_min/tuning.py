@@ -25,15 +25,18 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(tuned, total)`` encoder parameters; the task head is never counted.
 
     ``tuned``: encoder parameters with ``requires_grad``. ``total``: the pretrained encoder's
-    parameters (the parameters added by an adaptation method are not part of it), so
-    ``tuned / total`` is the "Encoder Tuned Params" column of the paper's Table 1.
+    parameters that its forward pass uses (the parameters added by an adaptation method are
+    not part of it, nor are those the model lists in ``unused_parameters``, such as
+    Scale-MAE's stored but recomputed ``pos_embed``), so ``tuned / total`` is the "Encoder
+    Tuned Params" column of the paper's Table 1.
     """
     encoder, head = encoder_of(model)
+    unused = set(getattr(encoder, "unused_parameters", ()))
     new = {id(p) for m in encoder.modules() if isinstance(m, NewParameters)
            for p in m.parameters()}
     tuned = total = 0
     for name, p in encoder.named_parameters():
-        if name.startswith(head):
+        if name.startswith(head) or name in unused:
             continue
         tuned += p.numel() if p.requires_grad else 0
         total += 0 if id(p) in new else p.numel()
