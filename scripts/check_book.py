@@ -1,0 +1,186 @@
+"""Check the built book, after ``jupyter-book build . -W``.
+
+Reads ``_toc.yml`` and ``_build/html`` and checks that
+
+* every page listed in the table of contents was built as HTML;
+* every notebook page (an entry under ``notebooks/``) shows at least one figure (an ``<img>``
+  in the page's article) and rendered math (MathJax markup: ``class="math``, ``\\(`` or ``\\[``),
+  and loads MathJax;
+* every local image a page points to exists in the build.
+
+Usage::
+
+    python scripts/check_book.py [--root .] [--html _build/html]
+
+Exits with 0 when all is well, 1 with a list of problems, 2 when the build or the table of
+contents cannot be found. Only the standard library and PyYAML (a Jupyter Book dependency) are
+needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import re
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+#: Table-of-contents entries under this folder are notebook pages.
+NOTEBOOK_DIR = "notebooks/"
+
+#: Markers of math rendered for MathJax by Sphinx/MyST: ``<span class="math ...">\(...\)</span>``
+#: and ``<div class="math ...">\[...\]</div>``.
+MATH_MARKERS = ('class="math', "\\(", "\\[")
+
+_ARTICLE = re.compile(r"<article\b.*?</article>", re.DOTALL | re.IGNORECASE)
+_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+_SRC = re.compile(r"""\bsrc\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
+_MATHJAX = re.compile(r"<script\b[^>]*mathjax", re.IGNORECASE)
+
+
+def toc_entries(toc: dict, root: Path | None = None) -> list[str]:
+    """All page paths of a Jupyter Book 1 ``_toc.yml`` (``root``, ``file`` and ``glob``
+    entries, in order, without extension). ``glob`` entries are expanded under ``root``."""
+    entries: list[str] = []
+
+    def visit(node) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+        elif isinstance(node, dict):
+            for key in ("root", "file"):
+                if key in node:
+                    entries.append(_strip_suffix(str(node[key])))
+            if "glob" in node and root is not None:
+                for path in sorted(glob.glob(str(root / node["glob"]))):
+                    rel = Path(path).relative_to(root).as_posix()
+                    if rel.endswith((".md", ".ipynb", ".rst")):
+                        entries.append(_strip_suffix(rel))
+            for key in ("parts", "chapters", "sections", "subtrees", "entries"):
+                if key in node:
+                    visit(node[key])
+
+    visit(toc)
+    seen: set[str] = set()
+    return [e for e in entries if not (e in seen or seen.add(e))]
+
+
+def _strip_suffix(path: str) -> str:
+    path = path.strip()
+    if path.startswith("./"):
+        path = path[2:]
+    for suffix in (".ipynb", ".md", ".rst"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+def is_notebook_page(entry: str) -> bool:
+    """Whether a table-of-contents entry is a notebook page."""
+    return entry.startswith(NOTEBOOK_DIR)
+
+
+def article_of(html: str) -> str:
+    """The page's main content (``<article>``) if there is one, else the whole page, so that a
+    logo in the navigation bar does not count as a figure."""
+    match = _ARTICLE.search(html)
+    return match.group(0) if match else html
+
+
+def has_figure(html: str) -> bool:
+    return _IMG.search(article_of(html)) is not None
+
+
+def has_math(html: str) -> bool:
+    body = article_of(html)
+    return any(marker in body for marker in MATH_MARKERS)
+
+
+def loads_mathjax(html: str) -> bool:
+    return _MATHJAX.search(html) is not None
+
+
+def missing_images(html: str, page: Path, html_root: Path) -> list[str]:
+    """Local image sources of the page's article that do not exist in the build."""
+    missing = []
+    for tag in _IMG.findall(article_of(html)):
+        src = _SRC.search(tag)
+        if not src:
+            continue
+        url = urlsplit(src.group(1))
+        if url.scheme or url.netloc or src.group(1).startswith("data:"):
+            continue  # remote or inline image
+        target = (page.parent / unquote(url.path)).resolve()
+        if not target.is_file():
+            try:
+                shown = target.relative_to(html_root.resolve()).as_posix()
+            except ValueError:
+                shown = str(target)
+            missing.append(shown)
+    return missing
+
+
+def check_book(root: Path, html_root: Path, toc_path: Path | None = None) -> list[str]:
+    """Return the list of problems found (empty when the book is fine)."""
+    toc_path = toc_path or root / "_toc.yml"
+    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8")) or {}
+    entries = toc_entries(toc, root)
+    if not entries:
+        return [f"{toc_path}: no pages found in the table of contents"]
+    problems = []
+    for entry in entries:
+        page = html_root / f"{entry}.html"
+        if not page.is_file():
+            problems.append(f"{entry}: not built (no {page.relative_to(html_root).as_posix()})")
+            continue
+        html = page.read_text(encoding="utf-8", errors="replace")
+        for src in missing_images(html, page, html_root):
+            problems.append(f"{entry}: image {src} is missing from the build")
+        if is_notebook_page(entry):
+            if not has_figure(html):
+                problems.append(f"{entry}: notebook page has no figure (no <img> in the article); "
+                                "were its outputs saved?")
+            if not has_math(html):
+                problems.append(f"{entry}: notebook page has no rendered math "
+                                "(no class=\"math\", \\( or \\[ in the article)")
+            elif not loads_mathjax(html):
+                problems.append(f"{entry}: notebook page has math but does not load MathJax")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    default_root = Path(__file__).resolve().parent.parent
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=default_root,
+                        help="folder holding _toc.yml (default: the repository root)")
+    parser.add_argument("--html", type=Path, default=None,
+                        help="built HTML folder (default: ROOT/_build/html)")
+    args = parser.parse_args(argv)
+    root = args.root
+    html_root = args.html if args.html is not None else root / "_build" / "html"
+    toc_path = root / "_toc.yml"
+    if not toc_path.is_file():
+        print(f"check_book: no table of contents at {toc_path}", file=sys.stderr)
+        return 2
+    if not html_root.is_dir():
+        print(f"check_book: no built book at {html_root}; run `jupyter-book build . -W` first",
+              file=sys.stderr)
+        return 2
+    problems = check_book(root, html_root, toc_path)
+    if problems:
+        print(f"check_book: {len(problems)} problem(s) in {html_root}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    entries = toc_entries(yaml.safe_load(toc_path.read_text(encoding="utf-8")), root)
+    notebooks = sum(is_notebook_page(e) for e in entries)
+    print(f"check_book: ok, {len(entries)} pages built, {notebooks} notebook page(s) with "
+          "figures and math")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
