@@ -6,14 +6,19 @@
 * :mod:`deflect_min.attention` -- untangled attention (uAtt)
 * :mod:`deflect_min.deflection` -- embedding deflection
 * :mod:`deflect_min.adaptation` -- ``adapt``: every method through one entry point
+* :mod:`deflect_min.baselines` -- Norm tuning, BitFit, LoRA, SLR; ``merge``
+* :mod:`deflect_min.budget` -- tuned parameters and GFLOPs of every method
 * :mod:`deflect_min.samples` -- 30 real BigEarthNet Sentinel-2 patches shipped in ``data/``
 * :mod:`deflect_min.data` -- the five benchmark datasets
 * :mod:`deflect_min.models`, :mod:`deflect_min.heads`, :mod:`deflect_min.build` -- the three GFMs, task heads, ``build_model``
 """
 
+from . import baselines  # registers norm, bitfit, lora, slr
 from .adaptation import METHODS, adapt, default_layers
+from .baselines import input_adapter_parameters, merge
 from .bands import BANDS, SENSORS, resolve_bands, rgb_of
 from .build import TASKS, GFMClassifier, GFMSegmenter, build_model
+from .budget import budget
 from .deflection import deflect
 from .heads import ClassificationHead, UPerNet
 from .models import GFM_NAMES, GFMCard, gfm_card, load_gfm
@@ -35,14 +40,17 @@ __all__ = [
     "TASKS",
     "UPerNet",
     "adapt",
+    "budget",
     "build_model",
     "count_parameters",
     "default_layers",
     "deflect",
     "gfm_card",
+    "input_adapter_parameters",
     "load_gfm",
     "load_peft_state_dict",
     "load_samples",
+    "merge",
     "peft_state_dict",
     "resolve_bands",
     "rgb_of",

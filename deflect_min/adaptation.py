@@ -58,7 +58,9 @@ def adapt(vit: nn.Module, method: str = "deflect", *, bands: Sequence[str],
         band_stats: per-band (mean, std) of the reflectance, applied inside the model; ``None``
             standardises nothing.
         **options: the method's own settings (for DEFLECT: ``layers``, ``rank``, ``stream``,
-            ``deflect``, ``lora_rank``, ``lora_alpha``, ``indices``, ``eps_rel``).
+            ``deflect``, ``lora_rank``, ``lora_alpha``, ``indices``, ``eps_rel``; for the
+            baselines: ``input``, ``inflate_init``, and ``rank``, ``alpha`` (LoRA) or ``rank``,
+            ``patch_adapter`` (SLR), see :mod:`deflect_min.baselines`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods are {sorted(METHODS)}.")
@@ -98,21 +100,30 @@ def default_layers(depth: int) -> list[int]:
     return list(range(max(1, depth * 3 // 8)))
 
 
-def _rgb_only(vit, *, bands, rgb_bands, band_stats) -> None:
-    vit.patch_embed = DecomposedPatchEmbed(rgb_embed=vit.patch_embed, bands=bands,
-                                           rgb_bands=rgb_bands, band_stats=band_stats)
+def _rgb_only(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
+              inflate_init: str = "zeros") -> None:
+    """The baselines' input: the RGB bands, or all bands through an inflated patch embedding
+    (``input="inflated"``, see :func:`deflect_min.baselines.baseline_input`)."""
+    from .baselines import baseline_input  # baselines imports this module
+
+    baseline_input(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
+                   inflate_init=inflate_init)
 
 
 @register_method("frozen")
-def _frozen(vit, *, bands, rgb_bands, band_stats) -> None:
-    """Frozen encoder: only the task head is trained (RGB bands)."""
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats)
+def _frozen(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
+            inflate_init: str = "zeros") -> None:
+    """Frozen encoder: only the task head is trained (RGB bands unless ``input="inflated"``)."""
+    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
+              inflate_init=inflate_init)
 
 
 @register_method("full")
-def _full(vit, *, bands, rgb_bands, band_stats) -> None:
+def _full(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
+          inflate_init: str = "zeros") -> None:
     """Full fine-tuning (the oracle): every encoder parameter the forward pass uses."""
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats)
+    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
+              inflate_init=inflate_init)
     unused = set(getattr(vit, "unused_parameters", ()))
     for name, p in vit.named_parameters():
         p.requires_grad_(name not in unused)

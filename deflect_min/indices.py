@@ -93,8 +93,7 @@ class SpectralIndices(nn.Module):
         out = []
         for code, operands in zip(self._formulas, self._operands):
             env = {role: x[:, i] for role, i in operands.items()}
-            env["_safe_div"] = self._safe_div
-            out.append(eval(code, {"__builtins__": {}}, env))  # noqa: S307 (catalogue formula)
+            out.append(eval(code, {"_safe_div": self._safe_div}, env))  # noqa: S307 (catalogue formula)
         if not out:
             return x.new_zeros(x.shape[0], 0, *x.shape[2:])
         return torch.stack(out, dim=1).clamp(-1.0, 1.0)
