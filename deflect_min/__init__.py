@@ -11,6 +11,9 @@
 * :mod:`deflect_min.samples` -- 30 real BigEarthNet Sentinel-2 patches shipped in ``data/``
 * :mod:`deflect_min.data` -- the five benchmark datasets
 * :mod:`deflect_min.models`, :mod:`deflect_min.heads`, :mod:`deflect_min.build` -- the three GFMs, task heads, ``build_model``
+* :mod:`deflect_min.training` -- ``train(TrainConfig)``: Lightning training, evaluation, resume, Table 1 aggregation
+* :mod:`deflect_min.paper` -- the paper's Table 1 numbers
+* :mod:`deflect_min.cli` -- the ``deflect-train`` and ``deflect-table`` commands
 """
 
 from . import baselines  # registers norm, bitfit, lora, slr
