@@ -13,6 +13,7 @@ from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 from torchgeo.datasets.errors import RGBBandsMissingError
 
 from ..bands import BANDS, rgb_of
+from . import _download
 
 __all__ = ["DataNotFoundError", "UnreadableFileError", "BenchmarkDataset"]
 
@@ -132,6 +133,20 @@ class BenchmarkDataset(NonGeoDataset):
 
     def _all_band_stats(self) -> dict[str, tuple[float, float]]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ finding the data
+    def _locate(self, find: Callable[[], Path | None], remote: _download.Remote,
+                looked_for: str, **extract: Any) -> Path:
+        """The extracted data folder under ``root``; downloads and extracts the archive first
+        when it is missing and ``download=True`` (or when the archive already lies in root)."""
+        found = find()
+        if found is None and _download.download_and_extract(
+                remote, self.root, dataset=type(self).__name__, download=self.download,
+                checksum=self.checksum, retry_call=self._download_call(), **extract):
+            found = find()
+        if found is None:
+            raise self._not_found(looked_for)
+        return found
 
     # ------------------------------------------------------------------ errors
     def _download_call(self) -> str:

@@ -146,17 +146,9 @@ class GeoBenchClassification(BenchmarkDataset):
                  transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
                  download: bool = False, checksum: bool = True) -> None:
         self._setup(root, split, bands, transforms, download, checksum)
-        task_dir = self._find_task_dir()
-        if task_dir is None:
-            remote = self.remote()
-            if _download.download_and_extract(
-                    remote, self.root, dataset=type(self).__name__, download=download,
-                    checksum=checksum, retry_call=self._download_call(),
-                    extract_to=self._extraction_dir):
-                task_dir = self._find_task_dir()
-            if task_dir is None:
-                raise self._not_found(
-                    f"{BENCHMARK_DIR}/{self.dataset_name}/default_partition.json")
+        task_dir = self._locate(self._find_task_dir, self.remote(),
+                                f"{BENCHMARK_DIR}/{self.dataset_name}/default_partition.json",
+                                extract_to=self._extraction_dir)
         self.task_dir = task_dir
         partition_path = task_dir / "default_partition.json"
         try:

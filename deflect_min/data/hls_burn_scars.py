@@ -81,14 +81,8 @@ class HLSBurnScars(BenchmarkDataset):
                  transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
                  download: bool = False, checksum: bool = True) -> None:
         self._setup(root, split, bands, transforms, download, checksum)
-        data_dir = self._find_data_dir()
-        if data_dir is None:
-            if _download.download_and_extract(
-                    self.remote, self.root, dataset=type(self).__name__, download=download,
-                    checksum=checksum, retry_call=self._download_call()):
-                data_dir = self._find_data_dir()
-            if data_dir is None:
-                raise self._not_found("training/*_merged.tif and validation/*_merged.tif")
+        data_dir = self._locate(self._find_data_dir, self.remote,
+                                "training/*_merged.tif and validation/*_merged.tif")
         self.data_dir = data_dir
         folder = data_dir / ("validation" if split == "test" else "training")
         images = sorted(folder.glob("*_merged.tif"), key=lambda p: p.name)

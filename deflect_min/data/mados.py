@@ -77,14 +77,8 @@ class MADOS(BenchmarkDataset):
                  transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
                  download: bool = False, checksum: bool = True) -> None:
         self._setup(root, split, bands, transforms, download, checksum)
-        data_dir = self._find_data_dir()
-        if data_dir is None:
-            if _download.download_and_extract(
-                    self.remote, self.root, dataset=type(self).__name__, download=download,
-                    checksum=checksum, retry_call=self._download_call()):
-                data_dir = self._find_data_dir()
-            if data_dir is None:
-                raise self._not_found("MADOS/splits/train_X.txt and MADOS/Scene_*/")
+        data_dir = self._locate(self._find_data_dir, self.remote,
+                                "MADOS/splits/train_X.txt and MADOS/Scene_*/")
         self.data_dir = data_dir
         split_file = data_dir / "splits" / f"{split}_X.txt"
         try:
