@@ -1,0 +1,198 @@
+"""Helpers shared by the walkthrough notebooks (01-03): a model, crops and a short fine-tune.
+
+Before any training the new factors of uAtt are zero, so the three new attention products
+vanish and :math:`\\Delta_u = \\Delta_{\\mathrm{ref}}` (Eqs. (R4)-(R5)). To show what DEFLECT
+*does*, notebooks 02 and 03 first run :func:`finetune_on_samples`: a short, seeded fine-tune on
+the 30 BigEarthNet sample patches (:func:`deflect_min.load_samples`) with a one-logit binary
+label (by default "carries Coniferous forest"), on centre crops, on CPU. It is a demonstration
+of the mechanics, not a benchmark: 30 patches and a few dozen steps teach nothing about
+accuracy.
+
+Choosing ``WEIGHTS = "scalemae"`` in a notebook loads Scale-MAE through
+:func:`deflect_min.models.load_gfm` (a download: use Colab with a GPU).
+
+Reconstructed or walkthrough-only choices, flagged as such in the notebooks:
+
+* crops: the 120 x 120 px patches are centre-cropped to 112 px (7 x 7 patches of 16 px), not
+  resized, so no pixel is interpolated a second time;
+* standardisation: per-band mean and standard deviation of the 30 samples themselves
+  (:func:`sample_band_stats`), not a pretraining pipeline's statistics;
+* optimisation: AdamW on the tuned parameters only (those ``adapt`` leaves trainable, the task
+  head included), seeded mini-batches (default: 20 steps of 6 patches, four passes over the 30),
+  a fixed learning rate, binary cross-entropy on one logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .samples import BigEarthNetSamples
+
+__all__ = ["WALKTHROUGH_ARCH", "centre_crop", "sample_band_stats", "make_vit", "describe_weights",
+           "finetune_on_samples", "block_states", "rgb_composite"]
+
+#: The ViT the notebooks run on CPU when no pretrained weights are asked for (ViT-S/16).
+WALKTHROUGH_ARCH = "vit_small_patch16_224"
+
+
+def centre_crop(x: Tensor, size: int = 112) -> Tensor:
+    """The central ``size`` x ``size`` pixels of ``(..., h, w)`` images (no resampling)."""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} is larger than the images ({h} x {w}).")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def sample_band_stats(samples: BigEarthNetSamples) -> dict[str, tuple[float, float]]:
+    """``{band: (mean, std)}`` of the reflectance of the sample patches (for ``band_stats``)."""
+    x = samples.reflectance.double()
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3))
+    return {b: (round(float(m), 6), round(float(s), 6))
+            for b, m, s in zip(samples.band_names, mean, std)}
+
+
+def make_vit(weights: str | None = None, *, img_size: int = 112, seed: int = 0
+             ) -> nn.Module:
+    """The RGB-pretrained ViT the walkthrough adapts, with a one-logit head.
+
+    Args:
+        weights: ``None``: a randomly initialised ViT-S/16 (:data:`WALKTHROUGH_ARCH`, seeded,
+            fast on CPU); ``"scalemae"`` (or another name of ``deflect_min.models.load_gfm``):
+            that foundation model with its official pretrained weights (downloaded; use a GPU).
+        img_size: input size in pixels (a multiple of 16).
+        seed: seed of the random initialisation (the head's, and the ViT's for ``None``).
+    """
+    torch.manual_seed(seed)
+    if weights is None:
+        vit = timm.create_model(WALKTHROUGH_ARCH, pretrained=False, num_classes=1,
+                                img_size=img_size)
+    else:
+        try:
+            from .models import load_gfm
+        except ImportError:  # pragma: no cover - older checkouts without deflect_min.models
+            load_gfm = None
+        if load_gfm is not None:
+            vit = load_gfm(weights, weights="download", img_size=img_size)
+        elif weights == "scalemae":  # pragma: no cover - fallback through torchgeo directly
+            from torchgeo.models import ScaleMAELarge16_Weights, scalemae_large_patch16
+
+            vit = scalemae_large_patch16(weights=ScaleMAELarge16_Weights.FMOW_RGB,
+                                         img_size=img_size)
+        else:  # pragma: no cover
+            raise ValueError(f"unknown weights {weights!r}; use None or 'scalemae'.")
+        torch.manual_seed(seed)
+        vit.reset_classifier(1)
+    return vit.eval()
+
+
+def describe_weights(model: nn.Module, *, short: bool = False) -> str:
+    """One line saying which weights ``model`` holds, for the notebooks' outputs
+    (``short``: a few words, for figure titles)."""
+    card = getattr(model, "gfm_card", None)
+    if card is not None:
+        kind = "pretrained" if card.pretrained else "RANDOMLY INITIALISED"
+        return f"{card.name}, {kind}" if short else f"{card.name} ({card.arch}): {kind}, {card.weights}"
+    if short:
+        return "ViT-S/16, RANDOMLY INITIALISED weights (WEIGHTS = None)"
+    return (f"{WALKTHROUGH_ARCH} (ViT-S/16): RANDOMLY INITIALISED (WEIGHTS = None), no pretrained "
+            f"weights: the figures show the mechanics, not what a pretrained model has learnt")
+
+
+def finetune_on_samples(model: nn.Module, samples: BigEarthNetSamples, *, steps: int = 24,
+                        crop: int = 112, label: str | Sequence[str] = "Coniferous forest",
+                        seed: int = 0, lr: float = 3e-3, batch_size: int = 6) -> list[float]:
+    """Fine-tune the tuned parameters of an adapted ``model`` on the sample patches.
+
+    Binary task: does the patch carry ``label`` (a class name, or several: any of them)?
+    One logit, binary cross-entropy, AdamW with learning rate ``lr`` on the parameters that
+    ``requires_grad`` (what :func:`deflect_min.adapt` tunes, the head included), centre crops
+    of ``crop`` px, ``steps`` steps on mini-batches of ``batch_size`` patches drawn without
+    replacement (a new seeded permutation each epoch). The model is left in eval mode, on its
+    device.
+
+    Returns:
+        the training loss of each step.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter: adapt it first "
+                         "(deflect_min.adapt(vit, bands=...)).")
+    labels = (label,) if isinstance(label, str) else tuple(label)
+    device = params[0].device
+    x = centre_crop(samples.reflectance, crop).to(device)
+    y = samples.label_of(*labels).float().to(device)
+    n = len(y)
+    batch_size = min(int(batch_size), n)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    order = torch.empty(0, dtype=torch.long)
+    losses: list[float] = []
+    # 112 px crops are small: store the pixel-set encoder's activations instead of recomputing
+    # them in the backward pass (same values, less time)
+    recompute = {m: m.recompute for m in model.modules() if hasattr(m, "recompute")}
+    for m in recompute:
+        m.recompute = False
+    model.train()
+    try:
+        for _ in range(steps):
+            if len(order) < batch_size:  # a new epoch
+                order = torch.randperm(n, generator=g)
+            idx, order = order[:batch_size], order[batch_size:]
+            logits = model(x[idx.to(device)]).reshape(-1)
+            loss = F.binary_cross_entropy_with_logits(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        model.eval()
+        for m, flag in recompute.items():
+            m.recompute = flag
+    return losses
+
+
+@torch.no_grad()
+def block_states(model: nn.Module, x: Tensor) -> Tensor:
+    """The token states :math:`z^{(l)}` entering each block and leaving the last one.
+
+    Returns ``(depth + 1, b, n, d)``: index 0 is the input of block 0 (patch embedding,
+    CLS token and positions), index ``l`` the output of block ``l - 1``, before the final norm.
+    """
+    states: list[Tensor] = []
+    hooks = [model.blocks[0].register_forward_pre_hook(lambda m, a: states.append(a[0].clone()))]
+    for block in model.blocks:
+        hooks.append(block.register_forward_hook(lambda m, a, out: states.append(out.clone())))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return torch.stack(states)
+
+
+
+def rgb_composite(x: Tensor, bands: Sequence[str], *, rgb: Sequence[str] = ("S2_B04", "S2_B03", "S2_B02"),
+                  low: float = 0.0, high: float = 0.3, gamma: float = 1 / 1.4) -> Tensor:
+    """A displayable true-colour image ``(h, w, 3)`` in [0, 1] from reflectance ``(c, h, w)``.
+
+    Reflectance ``low``..``high`` is stretched to 0..1 and clipped, then brightened with
+    ``gamma``; the same stretch for every patch, so patches stay comparable.
+    """
+    idx = [list(bands).index(b) for b in rgb]
+    img = ((x[idx].detach().float().cpu() - low) / (high - low)).clamp(0, 1) ** gamma
+    return img.permute(1, 2, 0)
