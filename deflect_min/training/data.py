@@ -1,0 +1,98 @@
+"""Loaders of a run: band checks, GEO-Bench train partitions, :func:`build_loaders`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+
+__all__ = ["check_bands", "apply_geobench_partition", "build_loaders"]
+
+
+# ============================================================================ data
+def check_bands(model_bands: Sequence[str], data_bands: Sequence[str], where: str = "data"
+                ) -> None:
+    """Raise ``ValueError`` unless the data's bands are the model's, in the same order."""
+    model_bands, data_bands = list(model_bands), list(data_bands)
+    if model_bands == data_bands:
+        return
+    if sorted(model_bands) == sorted(data_bands):
+        detail = "the same bands in another order (channels are matched by position)"
+    else:
+        missing = [b for b in model_bands if b not in data_bands]
+        extra = [b for b in data_bands if b not in model_bands]
+        detail = f"the model expects {missing} which the data lack" if missing else ""
+        if extra:
+            detail += ("; " if detail else "") + f"the data hold {extra} which the model does not"
+    raise ValueError(
+        f"band mismatch between the model and the {where}: model bands {model_bands}, "
+        f"{where} bands {data_bands}: {detail}. Load the data with bands={model_bands} or "
+        f"build the model for the data's bands (TrainConfig.bands).")
+
+
+def _dataset_of(loader: Any) -> Any:
+    ds = getattr(loader, "dataset", None)
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
+    return ds
+
+
+def _loader_bands(loader: Any) -> list[str] | None:
+    ds = _dataset_of(loader)
+    for attr in ("band_names", "bands"):
+        value = getattr(ds, attr, None)
+        if value is not None and not isinstance(value, str):
+            return list(value)
+    return None
+
+
+def apply_geobench_partition(ds: Any, partition: str, split: str) -> None:
+    """Restrict a GEO-Bench dataset to ``split`` of ``<task_dir>/<partition>_partition.json``."""
+    task_dir = Path(ds.task_dir)
+    path = task_dir / f"{partition}_partition.json"
+    if not path.is_file():
+        found = sorted(p.name[: -len("_partition.json")] for p in task_dir.glob("*_partition.json"))
+        raise FileNotFoundError(
+            f"GEO-Bench partition {partition!r} not found: no {path}. This task folder has the "
+            f"partitions {found}. GEO-Bench v1 ships 0.01x_train ... 1.00x_train with each task; "
+            f"download the task again or pass partition=None with max_steps= for a step budget.")
+    part = json.loads(path.read_text())
+    key = {"val": "valid"}.get(split, split)
+    if key not in part:
+        raise ValueError(f"{path} has no {key!r} split (it has {list(part)}).")
+    ds.sample_names = list(part[key])
+    ds.files = [task_dir / f"{n}.hdf5" for n in ds.sample_names]
+
+
+def build_loaders(cfg: TrainConfig) -> dict[str, torch.utils.data.DataLoader]:
+    """Train / val / test loaders of ``cfg`` (partition of the reduced protocol applied).
+
+    The training loader shuffles with its own ``torch.Generator`` seeded with ``cfg.seed`` (whose
+    state the checkpoints keep) and drops the last incomplete batch (a batch of one breaks the
+    heads' BatchNorm), unless the split is smaller than a batch.
+    """
+    from deflect_min.data import make_dataloaders
+
+    pin = torch.cuda.is_available() and cfg.accelerator != "cpu"
+    common = dict(bands=cfg.bands, size=cfg.img_size, download=cfg.download,
+                  num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin)
+    train_ds = make_dataloaders(cfg.dataset, cfg.root, batch_size=cfg.batch_size,
+                                splits=("train",), **common)["train"].dataset
+    common["download"] = False
+    evals = make_dataloaders(cfg.dataset, cfg.root, batch_size=cfg.batch_size,
+                             eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
+                             eval_mode=cfg.eval_mode, splits=("val", "test"), **common)
+    partition = cfg.train_partition
+    if partition is not None:
+        apply_geobench_partition(train_ds, partition, "train")  # val and test stay the default
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+        num_workers=cfg.num_workers, drop_last=len(train_ds) >= cfg.batch_size,
+        pin_memory=pin, persistent_workers=False)  # workers reseeded from `generator` each epoch
+    return {"train": train_loader, "val": evals["val"], "test": evals["test"]}

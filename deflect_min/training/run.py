@@ -1,0 +1,261 @@
+""":func:`train` (one run: fit, validate, test the best checkpoint, write the result) and
+:func:`load_model`.
+
+What happens, in order:
+
+1. **Data** (:func:`build_loaders`): the benchmark's train / val / test loaders with the crops of
+   :func:`deflect_min.data.make_dataloaders` (classification resized to ``img_size``;
+   segmentation trained on random crops, evaluated on whole images with
+   :func:`~deflect_min.data.sliding_window_logits`, as PANGAEA does).
+2. **Model**: :func:`~deflect_min.load_gfm` + :func:`~deflect_min.build_model`; the band names
+   of every loader must equal the model's ``bands`` (order included), checked **before** training.
+3. **Lightning** (:class:`TaskModule`): AdamW, MultiStepLR at 60 % and 90 % of the optimizer
+   steps, cross-entropy (ignore index -1), validation each epoch, a checkpoint every epoch
+   (``last.ckpt``) and the best one by the validation metric (``best.ckpt``), then the test split
+   with the best checkpoint.
+4. **Result**: metrics, per-class values, confusion matrix, learning curves, tuned parameters,
+   wall time, device, versions and the full config, written to
+   ``<out>/<dataset>/<gfm>/<run>/seed<k>.json`` (``seed<k>.reduced.json`` under the reduced
+   protocol, so that the two never overwrite each other).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import lightning.pytorch as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from .bookkeeping import (_checkpoint_dir, _device, _protocol_detail, _quiet, _schedule,
+                          _versions, result_path, run_name)
+from .config import _POSITIVE_CLASS, TrainConfig, _dataset_cls, _jsonable
+from .data import _dataset_of, _loader_bands, build_loaders, check_bands
+from .metrics import _scalars, default_precision, table_metric
+from .module import TaskModule, _RunState, _StepBudget
+
+__all__ = ["train", "load_model"]
+
+
+# ============================================================================ train
+def train(config: TrainConfig | Mapping[str, Any], *,
+          loaders: Mapping[str, Any] | None = None,
+          callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+    """Train, validate each epoch, test the best checkpoint; return (and write) the result.
+
+    Args:
+        config: a :class:`TrainConfig` (or a dict of its fields).
+        loaders: ``{"train", "val", "test"}`` DataLoaders to use instead of
+            :func:`build_loaders` (their datasets' ``band_names`` are checked against the
+            model's bands).
+        callbacks: extra Lightning callbacks (plots, an interruption in a test ...).
+
+    Returns:
+        The result dict (also written to :func:`result_path` when ``config.out`` is set):
+        ``metrics["test"]`` / ``metrics["val_best"]`` (fractions), ``table_metric`` and
+        ``table_value``, ``per_class``, ``confusion_matrix``, ``history`` (learning curves),
+        ``params`` (tuned encoder and head parameters), ``wall_time_s``, ``device``,
+        ``precision``, ``versions``, ``config``, ``protocol``, ``protocol_detail``,
+        ``schedule``, ``smoke``, ``pretrained``, ``checkpoint`` ...
+
+    Raises:
+        ValueError: bad settings, bands of the data that differ from the model's, a resume
+            with other settings.
+        FloatingPointError: a NaN/inf loss (the message names the step and the likely cause).
+    """
+    from deflect_min.build import build_model
+    from deflect_min.models import load_gfm
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    cfg.validate()
+    ds_cls = _dataset_cls(cfg.dataset)
+    task = ds_cls.task
+    metric = table_metric(cfg.dataset, cfg.hls_metric)
+    precision = default_precision(cfg.accelerator) if cfg.precision == "auto" else cfg.precision
+    config_dict = cfg.to_dict()
+    progress = (not cfg.quiet) if cfg.progress_bar is None else bool(cfg.progress_bar)
+
+    with _quiet(cfg.quiet):
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        loaders = dict(loaders) if loaders is not None else build_loaders(cfg)
+        missing = [s for s in ("train", "val", "test") if s not in loaders]
+        if missing:
+            raise ValueError(f"loaders lack the splits {missing}")
+
+        # ---- bands: fail before anything trains
+        data_bands = {s: _loader_bands(loaders[s]) for s in ("train", "val", "test")}
+        bands = list(cfg.bands) if cfg.bands is not None else data_bands["train"]
+        if bands is None:
+            raise ValueError("the training data do not name their bands (no band_names on the "
+                             "dataset): set TrainConfig.bands")
+        for split, db in data_bands.items():
+            if db is not None:
+                check_bands(bands, db, where=f"{split} data")
+        train_ds = _dataset_of(loaders["train"])
+        band_stats = getattr(train_ds, "band_stats", None)
+        if band_stats is not None:
+            band_stats = {b: band_stats[b] for b in bands}
+
+        # ---- model
+        encoder = load_gfm(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size,
+                           _arch_overrides=cfg.arch_overrides)
+        num_classes = len(ds_cls.classes)
+        model = build_model(task, encoder, cfg.method, bands=bands, num_classes=num_classes,
+                            band_stats=band_stats, head_kwargs=cfg.head_kwargs,
+                            **cfg.method_kwargs)
+        check_bands(model.encoder.adaptation["bands"], bands, where="configured bands")
+        positive = None
+        if cfg.dataset in _POSITIVE_CLASS:
+            positive = _POSITIVE_CLASS[cfg.dataset]
+        module = TaskModule(model, task=task, num_classes=num_classes,
+                            ignore_index=ds_cls.ignore_index if ds_cls.ignore_index is not None
+                            else -1,
+                            lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                            milestones=cfg.milestones, gamma=cfg.gamma, eval_mode=cfg.eval_mode,
+                            window=cfg.img_size, positive=positive, precision=precision)
+
+        # ---- trainer
+        ckpt_dir = _checkpoint_dir(cfg)
+        last = ckpt_dir / "last.ckpt"
+        resume_from = last if cfg.resume and last.is_file() else None
+        if resume_from is None and ckpt_dir.is_dir():
+            for stale in ("last.ckpt", "best.ckpt"):  # a fresh run never resumes an old one
+                (ckpt_dir / stale).unlink(missing_ok=True)
+        state = _RunState(getattr(loaders["train"], "generator", None), config_dict)
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{metric}",
+                               mode="max", save_top_k=1, every_n_epochs=1,
+                               save_on_train_epoch_end=True, enable_version_counter=False,
+                               auto_insert_metric_name=False)
+        # every epoch (Lightning's save_last only follows new best checkpoints)
+        latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1,
+                                 every_n_epochs=1, save_on_train_epoch_end=True,
+                                 enable_version_counter=False, auto_insert_metric_name=False)
+        step_budget = cfg.step_budget
+        max_epochs = cfg.num_epochs if step_budget is None or cfg.epochs is not None else -1
+        trainer = L.Trainer(
+            max_epochs=max_epochs, max_steps=step_budget if step_budget is not None else -1,
+            accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+            precision=precision, logger=False,
+            callbacks=[state, *([_StepBudget(step_budget)] if step_budget else []), *callbacks,
+                       ckpt, latest],
+            enable_progress_bar=progress, enable_model_summary=not cfg.quiet,
+            num_sanity_val_steps=0, check_val_every_n_epoch=1, default_root_dir=ckpt_dir,
+            log_every_n_steps=1,
+        )
+        trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["val"],
+                    ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+        best = ckpt.best_model_path
+        if not best or not Path(best).is_file():
+            raise RuntimeError(f"no best checkpoint was written in {ckpt_dir}: did validation "
+                               f"run? (val split of {len(loaders['val'].dataset)} samples)")
+        state.active = False  # testing the best checkpoint must not rewind the run state
+        trainer.test(module, dataloaders=loaders["test"], ckpt_path=best, verbose=not cfg.quiet,
+                     weights_only=True)
+
+    test = module.test_result or {}
+    best_entry = None  # as ModelCheckpoint chooses: the first epoch with the highest (float32) score
+    for h in state.history:
+        v = h.get(f"val_{metric}")
+        if v is not None and (best_entry is None
+                              or np.float32(v) > np.float32(best_entry[f"val_{metric}"])):
+            best_entry = h
+    counts = model.parameter_counts()
+    counts["encoder_tuned_pct"] = 100.0 * counts["encoder_tuned"] / max(counts["encoder_total"], 1)
+    sizes = {s: len(_dataset_of(loaders[s])) for s in ("train", "val", "test")}
+    card = getattr(model.encoder, "gfm_card", None)
+    per_key = "f1_per_class" if task == "classification" else "iou_per_class"
+    result: dict[str, Any] = {
+        "schema": 1,
+        "dataset": cfg.dataset,
+        "task": task,
+        "gfm": cfg.gfm,
+        "method": cfg.method,
+        "method_kwargs": config_dict["method_kwargs"],
+        "run": cfg.name or run_name(cfg.method, cfg.method_kwargs),
+        "seed": int(cfg.seed),
+        "protocol": cfg.protocol,
+        "protocol_detail": _protocol_detail(cfg, sizes),
+        "schedule": _schedule(cfg),
+        "smoke": cfg.is_smoke,
+        "pretrained": bool(card.pretrained) if card is not None else cfg.weights is not None,
+        "weights": card.weights if card is not None else cfg.weights,
+        "table_metric": metric,
+        "table_value": test.get(metric),
+        "metrics": {"test": _scalars(test),
+                    "val_best": {k[4:]: v for k, v in (best_entry or {}).items()
+                                 if k.startswith("val_")}},
+        "metric_scale": "fraction in [0, 1]",
+        "best_epoch": best_entry["epoch"] if best_entry else None,
+        "class_names": list(ds_cls.classes),
+        "per_class": {per_key: test.get(per_key)},
+        "confusion_matrix": {"test": test.get("confusion_matrix"),
+                             "layout": "rows = target, columns = prediction"},
+        "history": state.history,
+        "params": counts,
+        "split_sizes": sizes,
+        "bands": bands,
+        "band_stats": band_stats,
+        "steps": int(trainer.global_step),
+        "epochs_run": len(state.history),
+        "resumed": state.resumed_from_epoch is not None,
+        "wall_time_s": state.elapsed(),
+        "device": _device(trainer),
+        "precision": precision,
+        "versions": _versions(),
+        "config": config_dict,
+        "checkpoint": str(best),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if cfg.out is not None and trainer.is_global_zero:
+        path = result_path(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+        result["path"] = str(path)
+    return result
+
+
+def load_model(result: Mapping[str, Any] | str | os.PathLike,
+               checkpoint: str | os.PathLike | None = None) -> nn.Module:
+    """The trained model of a result (its best checkpoint), in eval mode, on the CPU.
+
+    Rebuilds the model from ``result["config"]`` (downloading nothing that the run did not:
+    the same ``weights``) and loads the checkpoint's tuned parameters and buffers. Like
+    :func:`train`, it seeds the global RNGs with the run's seed first, so that the frozen
+    weights of a randomly initialised encoder are those the run had.
+
+    Args:
+        result: a result dict of :func:`train` or the path of its JSON file.
+        checkpoint: another checkpoint of the same run (default: ``result["checkpoint"]``).
+    """
+    from deflect_min.build import build_model
+    from deflect_min.models import load_gfm
+
+    if not isinstance(result, Mapping):
+        result = json.loads(Path(result).read_text())
+    cfg = TrainConfig.from_dict(result["config"])
+    ds_cls = _dataset_cls(cfg.dataset)
+    stats = result.get("band_stats")
+    stats = {b: tuple(v) for b, v in stats.items()} if stats else None
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    encoder = load_gfm(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size,
+                       _arch_overrides=cfg.arch_overrides)
+    model = build_model(ds_cls.task, encoder, cfg.method, bands=list(result["bands"]),
+                        num_classes=len(ds_cls.classes), band_stats=stats,
+                        head_kwargs=cfg.head_kwargs, **cfg.method_kwargs)
+    ckpt = torch.load(checkpoint or result["checkpoint"], map_location="cpu", weights_only=True)
+    sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    bad = [k for k in missing if k not in frozen]
+    if bad or unexpected:
+        raise RuntimeError(f"the checkpoint does not fit the rebuilt model: missing {bad[:5]}, "
+                           f"unexpected {list(unexpected)[:5]}")
+    return model.eval()
