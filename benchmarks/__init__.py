@@ -1,0 +1,1 @@
+"""Benchmarks of deflect_min (scripts, not tests): ``python -m benchmarks.peft_cost``."""
