@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .attention import UntangledAttention
-from .bands import resolve_bands, rgb_of
+from .bands import GFM_RGB, resolve_bands, rgb_of
 from .embedding import BandStats, DecomposedPatchEmbed, SideStream, SpectralEmbedding
 from .indices import DEFAULT_INDICES
 
@@ -65,8 +65,11 @@ def adapt(vit: nn.Module, method: str = "deflect", *, bands: Sequence[str],
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods are {sorted(METHODS)}.")
     _check_vit(vit)
+    _mark_unused_parameters(vit)
     band_list = [b.name for b in resolve_bands(bands)]
-    rgb = tuple(rgb_bands) if rgb_bands is not None else rgb_of(band_list)
+    card = getattr(vit, "gfm_card", None)  # set by deflect_min.load_gfm
+    roles = card.rgb_roles if card is not None else GFM_RGB
+    rgb = tuple(rgb_bands) if rgb_bands is not None else rgb_of(band_list, roles=roles)
     if len(rgb) != 3 or any(b not in band_list for b in rgb):
         raise ValueError(f"rgb_bands {list(rgb)} must be three of the input bands {band_list}; "
                          f"add them to `bands` or pass rgb_bands=None to find them by role.")
@@ -89,6 +92,18 @@ def _check_vit(vit: nn.Module) -> None:
     if not isinstance(proj, nn.Conv2d) or proj.in_channels != 3:
         raise ValueError("adapt expects an RGB-pretrained ViT whose patch embedding is a "
                          "3-channel Conv2d (in_chans=3).")
+
+
+def _mark_unused_parameters(vit: nn.Module) -> None:
+    """Name the parameters the forward pass never uses, so ``full`` does not tune them and
+    ``count_parameters`` does not count them: torchgeo's ScaleMAE recomputes its GSD-aware
+    positional encoding at every call and keeps the stored ``pos_embed`` frozen."""
+    if hasattr(vit, "unused_parameters") or not type(vit).__module__.startswith("torchgeo."):
+        return
+    from torchgeo.models import ScaleMAE
+
+    if isinstance(vit, ScaleMAE) and vit.pos_embed is not None:
+        vit.unused_parameters = ("pos_embed",)
 
 
 def default_layers(depth: int) -> list[int]:
@@ -141,7 +156,7 @@ def _deflect(vit, *, bands, rgb_bands, band_stats, layers: Sequence[int] | None 
         raise ValueError(f"layers must be a non-empty list of block indices in [0, {depth - 1}], "
                          f"got {layers}.")
     if int(rank) != rank or rank <= 0:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}.")
+        raise ValueError(f"rank must be a positive integer (DEFLECT's default is 8), got {rank!r}.")
     if stream not in ("dual", "single"):
         raise ValueError(f"stream must be 'dual' (x_A as a side input of the adapted blocks) or "
                          f"'single' (x = x_P + x_A at the input), got {stream!r}.")
@@ -169,5 +184,6 @@ def _deflect(vit, *, bands, rgb_bands, band_stats, layers: Sequence[int] | None 
 def _deflect_lora(vit, *, lora_rank: int = 8, **options) -> None:
     """DEFLECT with LoRA updates of W_Q and W_V inside uAtt ("combined with low-rank updates")."""
     if int(lora_rank) != lora_rank or lora_rank <= 0:
-        raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}.")
+        raise ValueError(f"lora_rank must be a positive integer (default 8), got {lora_rank!r}; "
+                         f"for DEFLECT without LoRA use method='deflect'.")
     _deflect(vit, lora_rank=lora_rank, **options)

@@ -4,9 +4,12 @@ The pretrained attention, Eq. (1) of the paper, computes on the RGB stream :math
 the displacement :math:`\Delta_{\mathrm{ref}}` (here per head, :math:`d_h = D / H`):
 
 .. math::
-    \Delta_{\mathrm{ref}} = \operatorname{softmax}\!\big(q_P k_P^\top / \sqrt{d_h}\big)\, v_P W_O + b_O,
-    \quad q_P = h W_Q,\; k_P = h W_K,\; v_P = h W_V .
+    \Delta_{\mathrm{ref}} = \operatorname{softmax}\!\big(q_0 k_0^\top / \sqrt{d_h}\big)\, v_0 W_O + b_O,
+    \quad q_0 = h W_Q,\; k_0 = h W_K,\; v_0 = h W_V .
 
+In uAtt the RGB-stream projections are :math:`q_P = q_0`, :math:`k_P = k_0`, :math:`v_P = v_0`,
+plus LoRA updates of :math:`W_Q` and :math:`W_V` when they are enabled (``deflect+lora``);
+:math:`\Delta_{\mathrm{ref}}` always uses the frozen :math:`q_0, k_0, v_0`.
 uAtt keeps :math:`W_Q, W_K, W_V, W_O` frozen and gives the spectral side stream
 :math:`\tilde a = LN_A(a)` its own low-rank projections :math:`U = A B` (B zero at
 initialisation), so the logits are the sum of four products under one softmax, Eq. (R4):
@@ -31,7 +34,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from .deflection import deflect
@@ -93,9 +96,11 @@ class UntangledAttention(nn.Module):
         for part in ("q_norm", "k_norm", "norm"):
             if not isinstance(getattr(attn, part, nn.Identity()), nn.Identity):
                 raise ValueError(f"uAtt supports the plain ViT attention; this one has a {part} "
-                                 f"({type(getattr(attn, part)).__name__}), which is not supported.")
+                                 f"({type(getattr(attn, part)).__name__}), which is not supported: "
+                                 f"adapt a ViT built without qk_norm / scale_norm, or use a baseline.")
         if getattr(attn, "gate", None) is not None:
-            raise ValueError("uAtt does not support gated attention.")
+            raise ValueError("uAtt does not support gated attention: adapt a ViT built without "
+                             "attention gates, or use a baseline method.")
         if stream not in ("dual", "single"):
             raise ValueError(f"stream must be 'dual' or 'single', got {stream!r}.")
         self.attn = attn
@@ -162,19 +167,22 @@ class UntangledAttention(nn.Module):
     def _explicit(self, t: dict[str, Tensor], attn_mask: Tensor | None, is_causal: bool):
         """The four products written out one by one (teaching path, materialises n x n)."""
         s = self.attn.scale
-        products = {
-            "rgb_to_rgb": t["q_P"] @ t["k_P"].transpose(-2, -1) * s,
-            "rgb_to_spectral": t["q_P"] @ t["k_A"].transpose(-2, -1) * s,
-            "spectral_to_rgb": t["q_A"] @ t["k_P"].transpose(-2, -1) * s,
-            "spectral_to_spectral": t["q_A"] @ t["k_A"].transpose(-2, -1) * s,
+        products = {  # Eq. (R4), term by term: (b, h, n, m) each
+            "rgb_to_rgb": einsum(t["q_P"], t["k_P"], "b h n d, b h m d -> b h n m") * s,
+            "rgb_to_spectral": einsum(t["q_P"], t["k_A"], "b h n d, b h m d -> b h n m") * s,
+            "spectral_to_rgb": einsum(t["q_A"], t["k_P"], "b h n d, b h m d -> b h n m") * s,
+            "spectral_to_spectral": einsum(t["q_A"], t["k_A"], "b h n d, b h m d -> b h n m") * s,
         }
         logits = sum(products.values())
-        logits_ref = t["q0"] @ t["k0"].transpose(-2, -1) * s
+        logits_ref = einsum(t["q0"], t["k0"], "b h n d, b h m d -> b h n m") * s
         bias = _mask_bias(attn_mask, is_causal, logits)
         attn_u = (logits + bias).softmax(dim=-1)
         attn_ref = (logits_ref + bias).softmax(dim=-1)
-        delta_u = self._out(attn_u @ (t["v_P"] + t["v_A"]))
-        delta_ref = self._out(attn_ref @ t["v0"])
+        drop = self.attn.attn_drop.p if self.training else 0.0  # as the fused path
+        v_u = t["v_P"] + t["v_A"]
+        delta_u = self._out(einsum(F.dropout(attn_u, drop), v_u, "b h n m, b h m d -> b h n d"))
+        delta_ref = self._out(einsum(F.dropout(attn_ref, drop), t["v0"],
+                                     "b h n m, b h m d -> b h n d"))
         if self.record is not None:
             self.record.append(dict(products={k: v.detach() for k, v in products.items()},
                                     logits=logits.detach(), attention=attn_u.detach(),

@@ -127,13 +127,16 @@ def roles_of(names: list[str] | tuple[str, ...]) -> dict[str, int]:
     return roles
 
 
-def rgb_of(names: list[str] | tuple[str, ...]) -> tuple[str, str, str]:
-    """The (red, green, blue) band names among ``names``, in the GFMs' pretraining order."""
+def rgb_of(names: list[str] | tuple[str, ...],
+           roles: tuple[str, str, str] = GFM_RGB) -> tuple[str, str, str]:
+    """The band names among ``names`` that play ``roles`` (by default red, green, blue: the
+    pretraining order of the GFMs), in that order."""
+    wanted = roles
     roles = roles_of(names)
-    missing = [r for r in GFM_RGB if r not in roles]
+    missing = [r for r in wanted if r not in roles]
     if missing:
         raise ValueError(
             f"bands {list(names)} have no band with role(s) {missing} (R = red, G = green, "
             f"B = blue); an RGB-pretrained model needs all three. Pass rgb_bands explicitly."
         )
-    return tuple(names[roles[r]] for r in GFM_RGB)  # type: ignore[return-value]
+    return tuple(names[roles[r]] for r in wanted)  # type: ignore[return-value]

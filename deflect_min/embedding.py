@@ -60,7 +60,9 @@ class Standardize(nn.Module):
                 raise ValueError(f"band_stats must hold {len(bands)} means and {len(bands)} stds "
                                  f"(one per band), got {len(mean)} and {len(std)}.")
         if min(std) <= 0:
-            raise ValueError(f"band_stats has a non-positive std: {std}.")
+            raise ValueError(f"band_stats has a non-positive std: {std}; a band with a constant "
+                             f"value cannot be standardised: recompute the statistics over more "
+                             f"images, or drop that band.")
         mean, std = torch.tensor(mean), torch.tensor(std)
         self.register_buffer("mean", rearrange(mean, "c -> c 1 1"), persistent=False)
         self.register_buffer("std", rearrange(std, "c -> c 1 1"), persistent=False)
@@ -181,7 +183,9 @@ class SideStream:
         b, n, d = self.x_A.shape
         prefix = num_tokens - n
         if prefix < 0:
-            raise RuntimeError(f"the block sees {num_tokens} tokens but x_A has {n} patch tokens.")
+            raise RuntimeError(f"the block sees {num_tokens} tokens but x_A has {n} patch tokens; "
+                               f"call the adapted model on the whole image, not its blocks on "
+                               f"tokens from another input.")
         x_A = self.x_A if transform is None else transform(self.x_A)
         return torch.cat([x_A.new_zeros(b, prefix, d), x_A], dim=1)
 

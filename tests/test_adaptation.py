@@ -317,3 +317,27 @@ def test_unknown_band_method_rank_layers_stream():
         dm.adapt(tiny_vit(), bands=S2_7, layers=[5])
     with pytest.raises(ValueError, match="stream must be"):
         dm.adapt(tiny_vit(), bands=S2_7, stream="triple")
+
+
+def test_full_does_not_tune_scalemae_unused_pos_embed():
+    from torchgeo.models import ScaleMAE
+
+    vit = ScaleMAE(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=0)
+    adapted = dm.adapt(vit, "full", bands=S2_7)
+    assert not adapted.pos_embed.requires_grad
+    tuned, total = dm.count_parameters(adapted)
+    assert tuned == total == sum(p.numel() for n, p in adapted.named_parameters()
+                                 if n != "pos_embed")
+
+
+def test_rgb_order_follows_the_gfm_card():
+    from types import SimpleNamespace
+
+    vit = tiny_vit()
+    ref = copy.deepcopy(vit)
+    vit.gfm_card = SimpleNamespace(rgb_roles=("B", "G", "R"))  # a BGR-pretrained model
+    adapted = dm.adapt(vit, bands=S2_7)
+    assert adapted.adaptation["rgb_bands"] == ("S2_B02", "S2_B03", "S2_B04")
+    x = reflectance(2, S2_7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(x), ref(x[:, [0, 1, 2]]), atol=1e-5, rtol=0)
