@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 
 from deflect_min.heads import ClassificationHead, UPerNet
 from deflect_min.models import default_taps, load_gfm
@@ -39,7 +40,7 @@ class _GFMTaskModel(nn.Module):
 class GFMClassifier(_GFMTaskModel):
     """``encoder.forward_features`` -> :class:`~deflect_min.heads.ClassificationHead`."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    def __init__(self, *, encoder: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -55,7 +56,7 @@ class GFMSegmenter(_GFMTaskModel):
     keep). As in PANGAEA, only a tap on the last block goes through the encoder's final norm.
     """
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, taps: Sequence[int]) -> None:
+    def __init__(self, *, encoder: nn.Module, head: nn.Module, taps: Sequence[int]) -> None:
         super().__init__()
         depth = len(encoder.blocks)
         taps = tuple(int(t) for t in taps)
@@ -73,7 +74,8 @@ class GFMSegmenter(_GFMTaskModel):
         last = len(self.encoder.blocks) - 1
         if last in by_block:
             f = by_block[last]
-            by_block[last] = self.encoder.norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            tokens = self.encoder.norm(rearrange(f, "b d h w -> b h w d"))
+            by_block[last] = rearrange(tokens, "b h w d -> b d h w")
         return self.head([by_block[t] for t in self.taps], x.shape[-2:])
 
 
@@ -137,12 +139,12 @@ def build_model(
     head_kwargs = dict(head_kwargs or {})
     embed_dim = encoder.embed_dim
     if task == "classification":
-        head = ClassificationHead(embed_dim, num_classes,
+        head = ClassificationHead(embed_dim=embed_dim, num_classes=num_classes,
                                   num_prefix_tokens=getattr(encoder, "num_prefix_tokens", 1),
                                   **head_kwargs)
-        return GFMClassifier(encoder, head)
+        return GFMClassifier(encoder=encoder, head=head)
     if taps is None:
         card = getattr(encoder, "gfm_card", None)
         taps = card.default_taps if card is not None else default_taps(len(encoder.blocks))
-    head = UPerNet(embed_dim, num_classes, **head_kwargs)
-    return GFMSegmenter(encoder, head, taps)
+    head = UPerNet(embed_dim=embed_dim, num_classes=num_classes, **head_kwargs)
+    return GFMSegmenter(encoder=encoder, head=head, taps=taps)

@@ -38,7 +38,7 @@ class ClassificationHead(nn.Module):
     output ``(B, num_classes)`` logits.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, num_prefix_tokens: int = 1,
+    def __init__(self, *, embed_dim: int, num_classes: int, num_prefix_tokens: int = 1,
                  pool: str = "mean") -> None:
         super().__init__()
         if pool not in ("mean", "cls"):
@@ -74,7 +74,7 @@ class Feature2Pyramid(nn.Module):
     4, 8, 16 and 32, the pyramid a UPerNet decoder expects. Channels are unchanged.
     """
 
-    def __init__(self, embed_dim: int, rescales: Sequence[float] = (4, 2, 1, 0.5),
+    def __init__(self, *, embed_dim: int, rescales: Sequence[float] = (4, 2, 1, 0.5),
                  norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
         self.rescales = tuple(rescales)
@@ -120,7 +120,7 @@ class UPerNetHead(nn.Module):
     Input: maps ordered fine to coarse. Output: logits at the finest map's resolution.
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 512,
+    def __init__(self, *, in_channels: Sequence[int], num_classes: int, channels: int = 512,
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
                  norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
@@ -166,14 +166,15 @@ class UPerNet(nn.Module):
     logits, bilinearly upsampled to the input resolution.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, channels: int = 512,
+    def __init__(self, *, embed_dim: int, num_classes: int, channels: int = 512,
                  rescales: Sequence[float] = (4, 2, 1, 0.5),
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
                  norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
-        self.neck = Feature2Pyramid(embed_dim, rescales, norm_layer=norm_layer)
-        self.decoder = UPerNetHead([embed_dim] * len(rescales), num_classes, channels,
-                                   pool_scales, dropout, norm_layer=norm_layer)
+        self.neck = Feature2Pyramid(embed_dim=embed_dim, rescales=rescales, norm_layer=norm_layer)
+        self.decoder = UPerNetHead(in_channels=[embed_dim] * len(rescales),
+                                   num_classes=num_classes, channels=channels,
+                                   pool_scales=pool_scales, dropout=dropout, norm_layer=norm_layer)
 
     def forward(self, feats: Sequence[torch.Tensor],
                 out_size: torch.Size | tuple[int, int]) -> torch.Tensor:

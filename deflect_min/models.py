@@ -444,7 +444,8 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}: pass the path of an existing file, "
+                                f"or weights=\"download\" to fetch the official one.")
     if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
         raise RuntimeError("loading GFM checkpoints safely needs torch >= 2.5 "
                            "(torch.serialization.safe_globals)")

@@ -29,8 +29,10 @@ from collections.abc import Sequence
 import timm
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
+from .models import load_gfm
 from .samples import BigEarthNetSamples
 
 __all__ = ["WALKTHROUGH_ARCH", "centre_crop", "sample_band_stats", "make_vit", "describe_weights",
@@ -74,19 +76,7 @@ def make_vit(weights: str | None = None, *, img_size: int = 112, seed: int = 0
         vit = timm.create_model(WALKTHROUGH_ARCH, pretrained=False, num_classes=1,
                                 img_size=img_size)
     else:
-        try:
-            from .models import load_gfm
-        except ImportError:  # pragma: no cover - older checkouts without deflect_min.models
-            load_gfm = None
-        if load_gfm is not None:
-            vit = load_gfm(weights, weights="download", img_size=img_size)
-        elif weights == "scalemae":  # pragma: no cover - fallback through torchgeo directly
-            from torchgeo.models import ScaleMAELarge16_Weights, scalemae_large_patch16
-
-            vit = scalemae_large_patch16(weights=ScaleMAELarge16_Weights.FMOW_RGB,
-                                         img_size=img_size)
-        else:  # pragma: no cover
-            raise ValueError(f"unknown weights {weights!r}; use None or 'scalemae'.")
+        vit = load_gfm(weights, weights="download", img_size=img_size)
         torch.manual_seed(seed)
         vit.reset_classifier(1)
     return vit.eval()
@@ -150,7 +140,7 @@ def finetune_on_samples(model: nn.Module, samples: BigEarthNetSamples, *, steps:
             if len(order) < batch_size:  # a new epoch
                 order = torch.randperm(n, generator=g)
             idx, order = order[:batch_size], order[batch_size:]
-            logits = model(x[idx.to(device)]).reshape(-1)
+            logits = rearrange(model(x[idx.to(device)]), "b 1 -> b")
             loss = F.binary_cross_entropy_with_logits(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -195,4 +185,4 @@ def rgb_composite(x: Tensor, bands: Sequence[str], *, rgb: Sequence[str] = ("S2_
     """
     idx = [list(bands).index(b) for b in rgb]
     img = ((x[idx].detach().float().cpu() - low) / (high - low)).clamp(0, 1) ** gamma
-    return img.permute(1, 2, 0)
+    return rearrange(img, "c h w -> h w c")

@@ -264,7 +264,8 @@ def _tiny_encoder(img_size: int, *, name: str = "cross_scale_mae_base", patch: i
 @pytest.mark.parametrize("size", [224, 240])
 def test_upernet_logits_at_input_size(size):
     enc = _tiny_encoder(size)
-    seg = GFMSegmenter(enc, UPerNet(32, num_classes=5, channels=16), taps=(0, 1, 2, 3))
+    seg = GFMSegmenter(encoder=enc, head=UPerNet(embed_dim=32, num_classes=5, channels=16),
+                       taps=(0, 1, 2, 3))
     x = torch.rand(2, 3, size, size)
     out = seg(x)
     assert out.shape == (2, 5, size, size)
@@ -273,25 +274,28 @@ def test_upernet_logits_at_input_size(size):
 
 
 def test_feature2pyramid_strides():
-    neck = Feature2Pyramid(8)
+    neck = Feature2Pyramid(embed_dim=8)
     outs = neck([torch.rand(1, 8, 14, 14)] * 4)
     assert [o.shape[-1] for o in outs] == [56, 28, 14, 7]
 
 
 def test_segmenter_taps_shallow_encoder_and_final_norm():
     enc = _tiny_encoder(64, depth=2).eval()
-    seg = GFMSegmenter(enc, UPerNet(32, 3, channels=8), taps=enc.gfm_card.default_taps).eval()
+    seg = GFMSegmenter(encoder=enc, head=UPerNet(embed_dim=32, num_classes=3, channels=8),
+                       taps=enc.gfm_card.default_taps).eval()
     assert seg.taps == (0, 0, 1, 1)
     with torch.no_grad():
         assert seg(torch.rand(2, 3, 64, 64)).shape == (2, 3, 64, 64)
     with pytest.raises(ValueError, match="taps"):
-        GFMSegmenter(enc, UPerNet(32, 3, channels=8), taps=(0, 1, 2, 3))
+        GFMSegmenter(encoder=enc, head=UPerNet(embed_dim=32, num_classes=3, channels=8),
+                     taps=(0, 1, 2, 3))
 
 
 @pytest.mark.parametrize("pool", ["mean", "cls"])
 def test_classifier_forward_backward(pool):
     enc = _tiny_encoder(64, name="dino_mc", patch=8)
-    clf = GFMClassifier(enc, ClassificationHead(32, 7, num_prefix_tokens=1, pool=pool))
+    clf = GFMClassifier(encoder=enc, head=ClassificationHead(embed_dim=32, num_classes=7,
+                                                           num_prefix_tokens=1, pool=pool))
     out = clf(torch.rand(2, 3, 64, 64))
     assert out.shape == (2, 7)
     out.logsumexp(-1).mean().backward()

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 from torchgeo.datasets import DatasetNotFoundError, NonGeoDataset
 from torchgeo.datasets.errors import RGBBandsMissingError
@@ -189,7 +190,8 @@ class BenchmarkDataset(NonGeoDataset):
         rgb = self.rgb_bands
         if rgb is None:
             raise RGBBandsMissingError()
-        image = sample["image"][[self.bands.index(b) for b in rgb]].numpy().transpose(1, 2, 0)
+        image = rearrange(sample["image"][[self.bands.index(b) for b in rgb]].numpy(),
+                          "c h w -> h w c")
         finite = image[np.isfinite(image).all(-1)]
         if finite.size:
             lo, hi = np.percentile(finite, 2, axis=0), np.percentile(finite, 98, axis=0)
