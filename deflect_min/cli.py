@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +74,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto",
                    help="auto (fp32 on CPU, bf16-mixed on compute capability >= 8.0, 16-mixed "
                         "below), or a Lightning precision: 32-true, bf16-mixed, 16-mixed")
-    p.add_argument("--out", default="results", help="results folder (default: results)")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: results; with --smoke a temporary folder)")
     p.add_argument("--work-dir", default="runs", help="checkpoints folder (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
@@ -146,7 +148,11 @@ def config_from_args(args: argparse.Namespace):
         if weights is not None and args.weights != "download":
             fields["weights"] = weights
         fields["quiet"] = True
+        if args.out is None:  # smoke numbers never enter results/
+            fields["out"] = tempfile.mkdtemp(prefix="deflect-smoke-")
+            print(f"smoke run: results go to the temporary folder {fields['out']}")
         return smoke_config(args.dataset, args.root, **fields)
+    fields["out"] = "results" if args.out is None else args.out
     return TrainConfig(dataset=args.dataset, root=args.root, weights=weights,
                        batch_size=args.batch_size, num_workers=args.num_workers,
                        quiet=args.quiet, **fields)

@@ -385,3 +385,13 @@ def test_paper_numbers() -> None:
         assert np.allclose((cls, seg, perf), printed, atol=0.1 + 1e-9)
     avg, printed = paper.paper_averages("lora")
     assert not printed and avg["Avg. Perf."] == pytest.approx((54.7 + 97.4 + 39.4 + 78.8 + 45.2) / 5)
+
+
+def test_smoke_results_never_enter_results(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert smoke_config("m-so2sat", str(GEOBENCH)).out is None
+    with pytest.raises(ValueError, match="smoke run's numbers mean nothing"):
+        smoke_config("m-so2sat", str(GEOBENCH), out="results").validate()
+    args = _train_parser().parse_args(["--dataset", "m-so2sat", "--root", str(GEOBENCH), "--smoke"])
+    cfg = config_from_args(args)
+    assert cfg.out is not None and Path(cfg.out).resolve() != (tmp_path / "results").resolve()

@@ -186,6 +186,12 @@ class TrainConfig:
         from deflect_min.models import GFM_NAMES
 
         _dataset_cls(self.dataset)
+        if self.is_smoke and self.out is not None:
+            out = Path(self.out).resolve()
+            kept = {Path.cwd().resolve() / "results", Path(__file__).resolve().parents[2] / "results"}
+            if out in kept:
+                raise ValueError(f"a smoke run's numbers mean nothing and never enter {out}: pass "
+                                 f"out=None or a temporary folder (e.g. tempfile.mkdtemp()).")
         if self.gfm not in GFM_NAMES:
             raise ValueError(f"unknown gfm {self.gfm!r}; valid names are {list(GFM_NAMES)}.")
         if self.method not in METHODS:
@@ -241,12 +247,13 @@ def smoke_config(dataset: str, root: str | os.PathLike, **overrides: Any) -> Tra
     """A seconds-long CPU run on the test fixtures: tiny random ViT, 2 epochs, quiet.
 
     ``overrides`` replace any field (e.g. ``method="lora"``, ``out=...``, ``work_dir=...``).
+    Nothing is written to a results folder unless ``out`` is given, and never to ``results/``.
     """
     task = _dataset_cls(dataset).task
     base: dict[str, Any] = dict(
         dataset=dataset, root=str(root), weights=None, arch_overrides=dict(SMOKE_ARCH),
         img_size=32, epochs=2, batch_size=2, num_workers=0, precision="32-true",
-        accelerator="cpu", smoke=True, quiet=True, protocol="full",
+        accelerator="cpu", smoke=True, quiet=True, protocol="full", out=None,
         head_kwargs={"channels": 16} if task == "segmentation" else None,
     )
     base.update(overrides)

@@ -184,7 +184,8 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:  # noqa: D102
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("the model has no trainable parameter")
+            raise ValueError("the model has no trainable parameter: the method froze everything "
+                             "and there is no head to train; check `method` and the task head.")
         opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas,
                                 weight_decay=self.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)

@@ -88,7 +88,8 @@ def train(config: TrainConfig | Mapping[str, Any], *,
         loaders = dict(loaders) if loaders is not None else build_loaders(cfg)
         missing = [s for s in ("train", "val", "test") if s not in loaders]
         if missing:
-            raise ValueError(f"loaders lack the splits {missing}")
+            raise ValueError(f"loaders lack the splits {missing}; pass a dict with 'train', "
+                             f"'val' and 'test' DataLoaders, or loaders=None to build them.")
 
         # ---- bands: fail before anything trains
         data_bands = {s: _loader_bands(loaders[s]) for s in ("train", "val", "test")}
@@ -257,5 +258,6 @@ def load_model(result: Mapping[str, Any] | str | os.PathLike,
     bad = [k for k in missing if k not in frozen]
     if bad or unexpected:
         raise RuntimeError(f"the checkpoint does not fit the rebuilt model: missing {bad[:5]}, "
-                           f"unexpected {list(unexpected)[:5]}")
+                           f"unexpected {list(unexpected)[:5]}; pass the checkpoint written by "
+                           f"this result's own run (result['checkpoint']).")
     return model.eval()

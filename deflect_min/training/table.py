@@ -133,7 +133,8 @@ def aggregate(results: Iterable[Mapping[str, Any]], *, gfm: str | None = None,
                 if len(schedules) > 1:
                     raise ValueError(f"{label} / {col}: the runs differ in schedule "
                                      f"({sorted(schedules)}); they cannot share a cell: "
-                                     f"{[r['path'] for r in runs]}")
+                                     f"{[r['path'] for r in runs]}. Move one schedule's files "
+                                     f"out of the folder, or give it its own run --name.")
                 seeds = [r["seed"] for r in runs]
                 if len(set(seeds)) != len(seeds):
                     raise ValueError(f"{label} / {col}: the same seed twice: "
