@@ -4,7 +4,10 @@ Reads ``_toc.yml`` and ``_build/html`` and checks that
 
 * every page listed in the table of contents was built as HTML;
 * every notebook page (an entry under ``notebooks/``) shows at least one figure (an ``<img>``
-  in the page's article) and rendered math (MathJax markup: ``class="math``, ``\\(`` or ``\\[``),
+  in the page's article), and at least as many ``<img>`` as its ``.ipynb`` stores figure outputs
+  (outputs with ``image/png``, ``image/jpeg`` or ``image/svg+xml`` data, outside cells tagged
+  ``remove-output`` or ``remove-cell``), so that no saved figure is lost in the build;
+* every notebook page shows rendered math (MathJax markup: ``class="math``, ``\\(`` or ``\\[``)
   and loads MathJax;
 * every local image a page points to exists in the build.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import re
 import sys
 from pathlib import Path
@@ -39,6 +43,12 @@ _ARTICLE = re.compile(r"<article\b.*?</article>", re.DOTALL | re.IGNORECASE)
 _IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _SRC = re.compile(r"""\bsrc\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
 _MATHJAX = re.compile(r"<script\b[^>]*mathjax", re.IGNORECASE)
+
+#: MIME types of notebook outputs that the book renders as an ``<img>``.
+FIGURE_MIME_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
+
+#: Cell tags with which MyST-NB does not render a cell's outputs.
+HIDDEN_OUTPUT_TAGS = frozenset({"remove-output", "remove_output", "remove-cell", "remove_cell"})
 
 
 def toc_entries(toc: dict, root: Path | None = None) -> list[str]:
@@ -94,6 +104,29 @@ def has_figure(html: str) -> bool:
     return _IMG.search(article_of(html)) is not None
 
 
+def count_images(html: str) -> int:
+    """Number of ``<img>`` tags in the page's main content."""
+    return len(_IMG.findall(article_of(html)))
+
+
+def notebook_figures(notebook: dict) -> int:
+    """Number of figure outputs stored in a notebook (read as JSON): outputs of code cells
+    holding data of a ``FIGURE_MIME_TYPES`` type. An output holding several of them (a PNG and
+    an SVG of the same figure) counts once, as the book shows one. Cells whose outputs the book
+    removes (``HIDDEN_OUTPUT_TAGS``) are skipped."""
+    count = 0
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        if HIDDEN_OUTPUT_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+            continue
+        for output in cell.get("outputs", []):
+            data = output.get("data") or {}
+            if any(mime in data for mime in FIGURE_MIME_TYPES):
+                count += 1
+    return count
+
+
 def has_math(html: str) -> bool:
     body = article_of(html)
     return any(marker in body for marker in MATH_MARKERS)
@@ -140,7 +173,19 @@ def check_book(root: Path, html_root: Path, toc_path: Path | None = None) -> lis
         for src in missing_images(html, page, html_root):
             problems.append(f"{entry}: image {src} is missing from the build")
         if is_notebook_page(entry):
-            if not has_figure(html):
+            shown = count_images(html)
+            source = root / f"{entry}.ipynb"
+            stored = None
+            if source.is_file():
+                try:
+                    stored = notebook_figures(json.loads(source.read_text(encoding="utf-8")))
+                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+                    problems.append(f"{entry}: cannot read {entry}.ipynb as a notebook ({err})")
+            if stored is not None and shown < stored:
+                problems.append(f"{entry}: notebook page shows {shown} image(s) (<img> in the "
+                                f"article) but {entry}.ipynb stores {stored} figure output(s) "
+                                f"({', '.join(FIGURE_MIME_TYPES)}); some figures were not rendered")
+            elif shown == 0:
                 problems.append(f"{entry}: notebook page has no figure (no <img> in the article); "
                                 "were its outputs saved?")
             if not has_math(html):
@@ -178,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = toc_entries(yaml.safe_load(toc_path.read_text(encoding="utf-8")), root)
     notebooks = sum(is_notebook_page(e) for e in entries)
     print(f"check_book: ok, {len(entries)} pages built, {notebooks} notebook page(s) with "
-          "figures and math")
+          "all their figures and math")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Tests of scripts/check_book.py on a tiny fake ``_build/html`` tree (no book build)."""
+"""Tests of scripts/check_book.py on a tiny fake ``_build/html`` tree and fake ``.ipynb``
+files (no book build)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -44,8 +46,42 @@ GOOD_NOTEBOOK = page('<p>Eq. <span class="math notranslate nohighlight">\\(x_P\\
                      '<img alt="fig" src="../_images/fig.png" />')
 
 
-def make_book(tmp_path: Path, pages: dict[str, str], images: tuple[str, ...] = ("fig.png",)) -> Path:
+def output(*mimes: str) -> dict:
+    """A display_data output holding data of the given MIME types."""
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/plain": ["<Figure>"], **{m: "AAAA" for m in mimes}}}
+
+
+def code_cell(*outputs: dict, tags: tuple[str, ...] = ()) -> dict:
+    return {"cell_type": "code", "execution_count": 1, "metadata": {"tags": list(tags)},
+            "source": ["plot()"], "outputs": list(outputs)}
+
+
+def notebook(*cells: dict) -> dict:
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+            "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Title"]}, *cells]}
+
+
+#: One figure output, as the GOOD_NOTEBOOK page shows one <img>.
+ONE_FIGURE = notebook(code_cell(output("image/png")),
+                      code_cell({"output_type": "stream", "name": "stdout", "text": ["ok"]}))
+
+NOTEBOOKS = ("notebooks/01_embedding_decomposition", "notebooks/02_untangled_attention")
+
+
+def make_book(tmp_path: Path, pages: dict[str, str], images: tuple[str, ...] = ("fig.png",),
+              notebooks: dict[str, dict | str | None] | None = None) -> Path:
+    """Write the TOC, the HTML pages, the images and the notebooks' ``.ipynb`` (by default one
+    figure output each; a value None leaves that notebook out, a str is written as is)."""
     (tmp_path / "_toc.yml").write_text(TOC)
+    sources: dict[str, dict | str | None] = {name: ONE_FIGURE for name in NOTEBOOKS}
+    sources.update(notebooks or {})
+    for name, nb in sources.items():
+        if nb is None:
+            continue
+        path = tmp_path / f"{name}.ipynb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(nb if isinstance(nb, str) else json.dumps(nb))
     html = tmp_path / "_build" / "html"
     for name, text in pages.items():
         path = html / f"{name}.html"
@@ -104,11 +140,78 @@ def test_missing_page_is_reported(tmp_path):
 
 def test_notebook_without_figure_is_reported(tmp_path):
     no_fig = page('<p><span class="math notranslate nohighlight">\\(a\\)</span></p>', logo=True)
-    html = make_book(tmp_path, all_pages(**{"notebooks/02_untangled_attention": no_fig}))
+    html = make_book(tmp_path, all_pages(**{"notebooks/02_untangled_attention": no_fig}),
+                     notebooks={"notebooks/02_untangled_attention": notebook(code_cell())})
     problems = check_book.check_book(tmp_path, html)
     # The navigation-bar logo is outside the article and does not count as a figure.
     assert problems == ["notebooks/02_untangled_attention: notebook page has no figure "
                         "(no <img> in the article); were its outputs saved?"]
+
+
+def test_notebook_without_ipynb_still_needs_a_figure(tmp_path):
+    no_fig = page('<p><span class="math">\\(a\\)</span></p>')
+    html = make_book(tmp_path, all_pages(**{"notebooks/02_untangled_attention": no_fig}),
+                     notebooks={"notebooks/02_untangled_attention": None})
+    problems = check_book.check_book(tmp_path, html)
+    assert len(problems) == 1 and "notebook page has no figure" in problems[0]
+
+
+def test_page_with_fewer_images_than_the_notebook_has_figures_is_reported(tmp_path):
+    three = notebook(code_cell(output("image/png")), code_cell(output("image/jpeg")),
+                     code_cell(output("image/svg+xml")))
+    html = make_book(tmp_path, all_pages(), notebooks={"notebooks/01_embedding_decomposition": three})
+    # The page shows one <img> (GOOD_NOTEBOOK) for three figure outputs.
+    assert check_book.check_book(tmp_path, html) == [
+        "notebooks/01_embedding_decomposition: notebook page shows 1 image(s) (<img> in the "
+        "article) but notebooks/01_embedding_decomposition.ipynb stores 3 figure output(s) "
+        "(image/png, image/jpeg, image/svg+xml); some figures were not rendered"]
+
+
+def test_page_with_no_image_but_notebook_figures_is_reported_as_missing_figures(tmp_path):
+    no_fig = page('<p><span class="math">\\(a\\)</span></p>', logo=True)
+    html = make_book(tmp_path, all_pages(**{"notebooks/02_untangled_attention": no_fig}))
+    problems = check_book.check_book(tmp_path, html)
+    assert len(problems) == 1
+    assert problems[0].startswith("notebooks/02_untangled_attention: notebook page shows 0 image(s)")
+    assert "stores 1 figure output(s)" in problems[0]
+
+
+def test_as_many_or_more_images_than_figures_pass(tmp_path):
+    two_imgs = page('<span class="math">\\(a\\)</span><img src="../_images/fig.png">'
+                    '<img src="../_images/fig.png">')
+    two = notebook(code_cell(output("image/png"), output("image/png")))
+    html = make_book(tmp_path, all_pages(**{"notebooks/01_embedding_decomposition": two_imgs}),
+                     notebooks={"notebooks/01_embedding_decomposition": two})
+    assert check_book.check_book(tmp_path, html) == []
+    # A markdown image adds an <img> that no output accounts for: more images is fine.
+    three_imgs = two_imgs.replace("</article>", '<img src="../_images/fig.png"></article>')
+    html = make_book(tmp_path, all_pages(**{"notebooks/01_embedding_decomposition": three_imgs}),
+                     notebooks={"notebooks/01_embedding_decomposition": two})
+    assert check_book.check_book(tmp_path, html) == []
+
+
+def test_notebook_figures_counting_rules():
+    nb = notebook(
+        code_cell(output("image/png", "image/svg+xml")),  # one figure in two formats: counts once
+        code_cell(output("image/jpeg"), {"output_type": "execute_result", "execution_count": 2,
+                                         "metadata": {}, "data": {"image/svg+xml": "<svg/>"}}),
+        code_cell(output("image/png"), tags=("remove-output",)),  # not rendered by the book
+        code_cell(output("image/png"), tags=("remove-cell",)),
+        code_cell(output("image/png"), tags=("remove-input",)),  # output still rendered
+        code_cell(output("text/html"), {"output_type": "stream", "name": "stdout", "text": "x"}),
+        {"cell_type": "markdown", "metadata": {}, "source": ["![a](a.png)"]},
+    )
+    assert check_book.notebook_figures(nb) == 4
+    assert check_book.notebook_figures({"cells": []}) == 0
+
+
+def test_unreadable_ipynb_is_reported(tmp_path):
+    html = make_book(tmp_path, all_pages(),
+                     notebooks={"notebooks/02_untangled_attention": "{not json"})
+    problems = check_book.check_book(tmp_path, html)
+    assert len(problems) == 1
+    assert problems[0].startswith("notebooks/02_untangled_attention: cannot read "
+                                  "notebooks/02_untangled_attention.ipynb as a notebook")
 
 
 def test_notebook_without_math_is_reported(tmp_path):
@@ -141,7 +244,8 @@ def test_broken_image_is_reported_and_remote_images_are_skipped(tmp_path):
 
 
 def test_main_lists_problems_and_exits_nonzero(tmp_path, capsys):
-    make_book(tmp_path, all_pages(**{"notebooks/02_untangled_attention": page("<p>empty</p>")}))
+    make_book(tmp_path, all_pages(**{"notebooks/02_untangled_attention": page("<p>empty</p>")}),
+              notebooks={"notebooks/02_untangled_attention": notebook()})
     assert check_book.main(["--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "2 problem(s)" in err

@@ -9,7 +9,7 @@ PY=${PY:-.venv/bin/python}
 case "$1" in
 base)
 $PY -m benchmarks.peft_cost --model vit_base_patch16_224 --batch-size 8 --img-size 224 --bands 12 \
-    --steps 3 --warmup 1 --threads 1 --out benchmarks/results/cpu_vit_base_patch16_224.csv ;;
+    --steps 7 --warmup 1 --threads 1 --out benchmarks/results/cpu_vit_base_patch16_224.csv ;;
 small-large)
 $PY -m benchmarks.peft_cost --model vit_small_patch8_224 --batch-size 2 --img-size 224 --bands 12 \
     --steps 3 --warmup 1 --threads 1 --methods frozen,deflect,lora,norm \
@@ -17,9 +17,5 @@ $PY -m benchmarks.peft_cost --model vit_small_patch8_224 --batch-size 2 --img-si
 $PY -m benchmarks.peft_cost --model vit_large_patch16_224 --batch-size 1 --img-size 224 --bands 12 \
     --steps 3 --warmup 1 --threads 1 --methods frozen,deflect,lora \
     --out benchmarks/results/cpu_vit_large_patch16_224.csv ;;
-rerun-deflect)  # DEFLECT's rows again after the two-pass variance (book/cost.md)
-$PY -m benchmarks.peft_cost --model vit_base_patch16_224 --batch-size 8 --img-size 224 --bands 12 \
-    --steps 3 --warmup 1 --threads 1 --methods deflect,deflect+lora \
-    --out benchmarks/results/rerun_deflect_cpu_vit_base_patch16_224.csv ;;
-*) echo "usage: $0 base|small-large|rerun-deflect" >&2; exit 2 ;;
+*) echo "usage: $0 base|small-large" >&2; exit 2 ;;
 esac
