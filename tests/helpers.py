@@ -1,9 +1,17 @@
-"""Test helpers: tiny timm ViTs, real band sets, random reflectance."""
+"""Test helpers: fixture paths, tiny timm ViTs, real band sets, random reflectance."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
+
+#: Fixture trees in the real on-disk formats (written by each folder's data.py).
+DATA = Path(__file__).parent / "data"
+GEOBENCH = DATA / "geobench"
+HLS = DATA / "hls_burn_scars"
+MADOS_ROOT = DATA / "mados"
 
 #: Real sensors' band sets (the benchmarks' inputs).
 BAND_SETS = {

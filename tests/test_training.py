@@ -34,10 +34,7 @@ from deflect_min.training import (
     train,
 )
 
-DATA = Path(__file__).parent / "data"
-GEOBENCH = DATA / "geobench"
-HLS = DATA / "hls_burn_scars"
-MADOS_ROOT = DATA / "mados"
+from tests.helpers import DATA, GEOBENCH, HLS, MADOS_ROOT
 
 RESULT_FIELDS = {
     "schema", "dataset", "task", "gfm", "method", "method_kwargs", "run", "seed", "protocol",
