@@ -23,7 +23,8 @@ from torch import nn
 
 from .attention import UntangledAttention
 from .bands import GFM_RGB, resolve_bands, rgb_of
-from .embedding import BandStats, DecomposedPatchEmbed, SideStream, SpectralEmbedding
+from .embedding import (BandStats, DecomposedPatchEmbed, NewParameters, SideStream,
+                        SpectralEmbedding, patch_size_of)
 from .indices import DEFAULT_INDICES
 
 __all__ = ["adapt", "METHODS", "register_method", "default_layers"]
@@ -160,10 +161,9 @@ def _deflect(vit, *, bands, rgb_bands, band_stats, layers: Sequence[int] | None 
     if stream not in ("dual", "single"):
         raise ValueError(f"stream must be 'dual' (x_A as a side input of the adapted blocks) or "
                          f"'single' (x = x_P + x_A at the input), got {stream!r}.")
-    patch = vit.patch_embed.patch_size
     like = dict(device=vit.patch_embed.proj.weight.device, dtype=vit.patch_embed.proj.weight.dtype)
     side = SideStream()
-    spectral = SpectralEmbedding(bands=bands, patch_size=patch if isinstance(patch, int) else patch[0],
+    spectral = SpectralEmbedding(bands=bands, patch_size=patch_size_of(vit.patch_embed),
                                  dim=vit.embed_dim, indices=indices,
                                  zero_init=stream == "single").to(**like)
     vit.patch_embed = DecomposedPatchEmbed(rgb_embed=vit.patch_embed, bands=bands,
@@ -174,10 +174,9 @@ def _deflect(vit, *, bands, rgb_bands, band_stats, layers: Sequence[int] | None 
         block.attn = UntangledAttention(attn=block.attn, side=side, rank=rank, stream=stream,
                                         lora_rank=lora_rank, lora_alpha=lora_alpha,
                                         deflect=deflect, eps_rel=eps_rel).to(**like)
-    for module in (spectral, *(vit.blocks[i].attn for i in layers)):
-        for name, p in module.named_parameters():
-            if not name.startswith("attn."):  # the wrapped pretrained attention stays frozen
-                p.requires_grad_(True)
+    for module in vit.modules():  # what DEFLECT added; the wrapped pretrained attention stays frozen
+        if isinstance(module, NewParameters):
+            module.requires_grad_(True)
 
 
 @register_method("deflect+lora")

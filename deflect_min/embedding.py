@@ -23,9 +23,15 @@ from torch.utils.checkpoint import checkpoint
 from .indices import DEFAULT_INDICES, SpectralIndices
 
 __all__ = ["Standardize", "PixelSetEncoder", "SpectralEmbedding", "DecomposedPatchEmbed",
-           "SideStream", "NewParameters"]
+           "SideStream", "NewParameters", "patch_size_of"]
 
 BandStats = Mapping[str, tuple[float, float]] | tuple[Sequence[float], Sequence[float]] | None
+
+
+def patch_size_of(patch_embed: nn.Module) -> int:
+    """The (square) patch size of a timm ``PatchEmbed``, which stores it as an int or a pair."""
+    p = patch_embed.patch_size
+    return p if isinstance(p, int) else p[0]
 
 
 class NewParameters(nn.Module):
@@ -209,6 +215,7 @@ class DecomposedPatchEmbed(nn.Module):
                  stream: str | None = None, side: SideStream | None = None):
         super().__init__()
         self.rgb_embed = rgb_embed
+        self.patch = patch_size_of(rgb_embed)
         self.bands = list(bands)
         self.register_buffer("rgb_index", torch.tensor([self.bands.index(b) for b in rgb_bands]),
                              persistent=False)
@@ -230,8 +237,7 @@ class DecomposedPatchEmbed(nn.Module):
         if x.shape[1] != len(self.bands):
             raise ValueError(f"the model was adapted to {len(self.bands)} bands {self.bands} but "
                              f"the input has {x.shape[1]} channels; pass the bands in that order.")
-        p = self.rgb_embed.patch_size
-        p = p if isinstance(p, int) else p[0]
+        p = self.patch
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size "
                              f"{p}; crop or resize it (e.g. to {p * (x.shape[-1] // p)} px).")
