@@ -32,25 +32,23 @@ __all__ = ["budget", "BUDGET_MODELS", "BUDGET_METHODS", "S2_10"]
 #: The paper's three GFMs as timm architectures: DINO-MC (ViT-S/8), Cross-Scale MAE (ViT-B/16),
 #: Scale-MAE (ViT-L/16).
 BUDGET_MODELS = ("vit_small_patch8_224", "vit_base_patch16_224", "vit_large_patch16_224")
+#: The methods that take the baselines' ``input`` option.
+_BASELINES = ("full", "frozen", "norm", "bitfit", "lora", "slr")
 #: Table 1's rows in its order, then DEFLECT with LoRA inside uAtt.
-BUDGET_METHODS = ("full", "frozen", "norm", "bitfit", "lora", "slr", "deflect", "deflect+lora")
+BUDGET_METHODS = (*_BASELINES, "deflect", "deflect+lora")
 #: The ten Sentinel-2 bands of So2Sat (GEO-Bench).
 S2_10 = ("S2_B02", "S2_B03", "S2_B04", "S2_B05", "S2_B06", "S2_B07", "S2_B08", "S2_B8A",
          "S2_B11", "S2_B12")
-_BASELINES = ("full", "frozen", "norm", "bitfit", "lora", "slr")
 
 
 @contextmanager
 def _shape_only(model: torch.nn.Module):
     """Skip the input's value checks (NaN, inf), which cannot run on meta tensors."""
-    patched = [(model.patch_embed, "check_input", lambda x: None)]
-    for module, attr, fn in patched:
-        setattr(module, attr, fn)  # an instance attribute shadows the method
+    model.patch_embed.check_input = lambda x: None  # an instance attribute shadows the method
     try:
         yield
     finally:
-        for module, attr, _ in patched:
-            delattr(module, attr)
+        del model.patch_embed.check_input
 
 
 def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:

@@ -207,9 +207,8 @@ def _upsample(x: torch.Tensor, *, size: int, mode: str) -> torch.Tensor:
     """(n, c, h, w) -> (n, c, size, size)."""
     if x.shape[-1] == size:
         return x
-    if mode == "nearest":
-        return F.interpolate(x, size=(size, size), mode="nearest")
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(size, size), mode=mode,
+                         align_corners=None if mode == "nearest" else False)
 
 
 def load_samples(path: str | Path | None = None, *, resample: str = "bilinear"

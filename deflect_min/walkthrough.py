@@ -175,7 +175,6 @@ def block_states(model: nn.Module, x: Tensor) -> Tensor:
     return torch.stack(states)
 
 
-
 def rgb_composite(x: Tensor, bands: Sequence[str], *, rgb: Sequence[str] = ("S2_B04", "S2_B03", "S2_B02"),
                   low: float = 0.0, high: float = 0.3, gamma: float = 1 / 1.4) -> Tensor:
     """A displayable true-colour image ``(h, w, 3)`` in [0, 1] from reflectance ``(c, h, w)``.

@@ -100,10 +100,6 @@ def article_of(html: str) -> str:
     return match.group(0) if match else html
 
 
-def has_figure(html: str) -> bool:
-    return _IMG.search(article_of(html)) is not None
-
-
 def count_images(html: str) -> int:
     """Number of ``<img>`` tags in the page's main content."""
     return len(_IMG.findall(article_of(html)))
