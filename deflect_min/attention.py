@@ -67,6 +67,10 @@ class LowRank(NewParameters):
         y = (x @ self.A.T) @ self.B.T
         return y if self.scale == 1.0 else y * self.scale  # skip a full-width pass when s = 1
 
+    def delta(self) -> Tensor:
+        r"""The update as a full matrix, :math:`\Delta W = s\, B A` (``dim_out x dim_in``)."""
+        return self.scale * self.B @ self.A
+
     def extra_repr(self) -> str:
         return f"dim_in={self.A.shape[1]}, dim_out={self.B.shape[0]}, rank={self.A.shape[0]}, scale={self.scale}"
 

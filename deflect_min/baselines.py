@@ -182,7 +182,7 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         r"""``base`` with :math:`W \leftarrow W + \frac{\alpha}{r} B A`."""
         with torch.no_grad():
-            self.base.weight += self.lora.scale * self.lora.B @ self.lora.A
+            self.base.weight += self.lora.delta()
         return self.base
 
 
@@ -405,6 +405,6 @@ def merge(model: nn.Module) -> nn.Module:
             dim = qkv.shape[1]
             with torch.no_grad():
                 for i, lora in ((0, module.lora_q), (2, module.lora_v)):
-                    qkv[i * dim:(i + 1) * dim] += lora.scale * lora.B @ lora.A
+                    qkv[i * dim:(i + 1) * dim] += lora.delta()
             module.lora_q = module.lora_v = None
     return model
