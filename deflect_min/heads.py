@@ -8,6 +8,7 @@ PANGAEA (GPL-3.0) or mmsegmentation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -83,7 +84,7 @@ class Feature2Pyramid(nn.Module):
             if r == 1:
                 branches.append(nn.Identity())
             elif r > 1:
-                k = int(round(torch.log2(torch.tensor(float(r))).item()))
+                k = round(math.log2(r))
                 if 2**k != r:
                     raise ValueError(f"upscaling factors must be powers of 2, got {r}")
                 layers: list[nn.Module] = []

@@ -181,16 +181,46 @@ _XSMAE_NOTES = (
 )
 
 
-def _card(**kw: Any) -> GFMCard:
+def _card(vit: dict[str, Any], /, **kw: Any) -> GFMCard:
+    """A card whose ViT shape (patch, width, depth, heads, default taps) is read from ``vit``."""
     base = dict(weights="", pretrained=False, img_size=224, rgb_roles=tuple(GFM_RGB),
-                input_scale=1 / 255)
+                input_scale=1 / 255, patch_size=vit["patch_size"], embed_dim=vit["embed_dim"],
+                depth=vit["depth"], num_heads=vit["num_heads"],
+                default_taps=default_taps(vit["depth"]))
     base.update(kw)
     return GFMCard(**base)
+
+
+def _cross_scale_mae_spec(size: str, arch: str, timm_arch: str, vit: dict[str, Any],
+                          gdrive_id: str, md5: str) -> _Spec:
+    name = f"cross_scale_mae_{size}"
+    return _Spec(
+        card=_card(
+            vit,
+            name=name,
+            arch=arch,
+            timm_arch=timm_arch,
+            pretraining="Cross-Scale MAE (Tang et al., NeurIPS 2023) on fMoW-RGB, 400 epochs, 128 px",
+            licence="CC-BY-NC-4.0",
+            source=f"https://drive.google.com/file/d/{gdrive_id} (aicip/Cross-Scale-MAE README)",
+            checksum=f"md5:{md5}",
+            rgb_bands_pretraining="fMoW-RGB (R, G, B)",
+            norm_mean=_XSMAE_MEAN,
+            norm_std=_XSMAE_STD,
+            pretrain_img_size=128,
+            notes=_XSMAE_NOTES,
+        ),
+        arch_kwargs=dict(vit),
+        filename=f"{name}_pretrain.pth",
+        gdrive_id=gdrive_id,
+        md5=md5,
+    )
 
 
 _SPECS: dict[str, _Spec] = {
     "scalemae": _Spec(
         card=_card(
+            _VIT_L,
             name="scalemae",
             arch="ViT-L/16 with Scale-MAE's GSD-aware sin-cos positional encoding (torchgeo ScaleMAE)",
             timm_arch="vit_large_patch16_224",
@@ -203,8 +233,6 @@ _SPECS: dict[str, _Spec] = {
             norm_mean=IMAGENET_MEAN,
             norm_std=IMAGENET_STD,
             pretrain_img_size=224,
-            patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-            default_taps=(7, 11, 15, 23),
             frozen_params=("pos_embed",),
             notes="res (ground sample distance, default 1.0 as in PANGAEA) scales the positional "
             "encoding; the stored pos_embed is unused and frozen.",
@@ -213,54 +241,15 @@ _SPECS: dict[str, _Spec] = {
         filename=lambda: _scalemae_url().rsplit("/", 1)[-1],
         url=_scalemae_url,
     ),
-    "cross_scale_mae_base": _Spec(
-        card=_card(
-            name="cross_scale_mae_base",
-            arch="ViT-B/16",
-            timm_arch="vit_base_patch16_224",
-            pretraining="Cross-Scale MAE (Tang et al., NeurIPS 2023) on fMoW-RGB, 400 epochs, 128 px",
-            licence="CC-BY-NC-4.0",
-            source="https://drive.google.com/file/d/17FePR5lAFNL45g7738JMofP2pyC_6hau "
-            "(aicip/Cross-Scale-MAE README)",
-            checksum="md5:0c33995da85c112d9602f89d5b186bbc",
-            rgb_bands_pretraining="fMoW-RGB (R, G, B)",
-            norm_mean=_XSMAE_MEAN,
-            norm_std=_XSMAE_STD,
-            pretrain_img_size=128,
-            patch_size=16, embed_dim=768, depth=12, num_heads=12,
-            default_taps=default_taps(12),
-            notes=_XSMAE_NOTES,
-        ),
-        arch_kwargs=dict(_VIT_B),
-        filename="cross_scale_mae_base_pretrain.pth",
-        gdrive_id="17FePR5lAFNL45g7738JMofP2pyC_6hau",
-        md5="0c33995da85c112d9602f89d5b186bbc",
-    ),
-    "cross_scale_mae_large": _Spec(
-        card=_card(
-            name="cross_scale_mae_large",
-            arch="ViT-L/16",
-            timm_arch="vit_large_patch16_224",
-            pretraining="Cross-Scale MAE (Tang et al., NeurIPS 2023) on fMoW-RGB, 400 epochs, 128 px",
-            licence="CC-BY-NC-4.0",
-            source="https://drive.google.com/file/d/1FBJiQ8Z6J3P8Le7wFQXOicTDX9jTNGnT "
-            "(aicip/Cross-Scale-MAE README)",
-            checksum="md5:e6e4f58c07bbbc4c4dd63fa26c644dd4",
-            rgb_bands_pretraining="fMoW-RGB (R, G, B)",
-            norm_mean=_XSMAE_MEAN,
-            norm_std=_XSMAE_STD,
-            pretrain_img_size=128,
-            patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-            default_taps=(7, 11, 15, 23),
-            notes=_XSMAE_NOTES,
-        ),
-        arch_kwargs=dict(_VIT_L),
-        filename="cross_scale_mae_large_pretrain.pth",
-        gdrive_id="1FBJiQ8Z6J3P8Le7wFQXOicTDX9jTNGnT",
-        md5="e6e4f58c07bbbc4c4dd63fa26c644dd4",
-    ),
+    "cross_scale_mae_base": _cross_scale_mae_spec(
+        "base", "ViT-B/16", "vit_base_patch16_224", _VIT_B,
+        gdrive_id="17FePR5lAFNL45g7738JMofP2pyC_6hau", md5="0c33995da85c112d9602f89d5b186bbc"),
+    "cross_scale_mae_large": _cross_scale_mae_spec(
+        "large", "ViT-L/16", "vit_large_patch16_224", _VIT_L,
+        gdrive_id="1FBJiQ8Z6J3P8Le7wFQXOicTDX9jTNGnT", md5="e6e4f58c07bbbc4c4dd63fa26c644dd4"),
     "dino_mc": _Spec(
         card=_card(
+            _VIT_S8,
             name="dino_mc",
             arch="ViT-S/8 (the README says ViT-S/16; the patch size is read from the checkpoint)",
             timm_arch="vit_small_patch8_224",
@@ -273,8 +262,6 @@ _SPECS: dict[str, _Spec] = {
             norm_mean=IMAGENET_MEAN,
             norm_std=IMAGENET_STD,
             pretrain_img_size=224,
-            patch_size=8, embed_dim=384, depth=12, num_heads=6,
-            default_taps=default_taps(12),
             notes="No checksum is published for this file; its md5 is printed on first download.",
         ),
         arch_kwargs=dict(_VIT_S8),
@@ -355,16 +342,23 @@ def _expected_checksum(name: str, md5: str | bool | None) -> tuple[str, str] | N
     spec = _spec(name)
     if spec.md5:
         return ("md5", spec.md5)
-    if spec.url is not None:  # torchvision/torch.hub convention: name-<sha256 prefix>.pth
-        m = re.search(r"-([a-f0-9]{6,})\.", gfm_cache_path(name).name)
-        if m:
-            return ("sha256", m.group(1))
+    if spec.url is not None:
+        prefix = _sha256_prefix(gfm_cache_path(name).name)
+        if prefix:
+            return ("sha256", prefix)
     return None
+
+
+def _sha256_prefix(filename: str) -> str | None:
+    """The sha256 prefix in a torchvision/torch.hub style file name ``name-<prefix>.pth``."""
+    m = re.search(r"-([a-f0-9]{6,})\.", filename)
+    return m.group(1) if m else None
 
 
 def _verify(path: Path, name: str, expected: tuple[str, str] | None) -> None:
     if expected is None:
-        if _spec(name).md5 is None and _spec(name).url is None:
+        spec = _spec(name)
+        if spec.md5 is None and spec.url is None:
             print(f"{name}: no checksum is published for this file; its md5 is "
                   f"{_file_digest(path, 'md5')} (pass md5=... to pin it).")
         return
@@ -764,7 +758,7 @@ def load_gfm(
 
 def _scalemae_checksum() -> str | None:
     try:
-        m = re.search(r"-([a-f0-9]{6,})\.", _scalemae_url().rsplit("/", 1)[-1])
+        prefix = _sha256_prefix(_scalemae_url().rsplit("/", 1)[-1])
     except Exception:  # noqa: BLE001 - torchgeo missing: no checksum to show
         return None
-    return f"sha256-prefix:{m.group(1)}" if m else None
+    return f"sha256-prefix:{prefix}" if prefix else None

@@ -53,10 +53,26 @@ class BenchmarkDataset(NonGeoDataset):
     #: Mask value ignored by losses and metrics (segmentation only).
     ignore_index: ClassVar[int | None] = None
 
+    #: Per-band reflectance mean and std in ``all_bands`` order, for datasets with fixed
+    #: statistics (others override :meth:`_all_band_stats`).
+    _mean: ClassVar[tuple[float, ...]] = ()
+    _std: ClassVar[tuple[float, ...]] = ()
+
     root: Path
     split: str
     bands: tuple[str, ...]
     transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None
+
+    def __init__(self, root: str | Path = "data", split: str = "train",
+                 bands: Sequence[str] | None = None,
+                 transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+                 download: bool = False, checksum: bool = True) -> None:
+        self._setup(root, split, bands, transforms, download, checksum)
+        self._index()
+
+    def _index(self) -> None:
+        """Find the data (downloading them if allowed) and list the split's samples."""
+        raise NotImplementedError
 
     def _setup(self, root: str | Path, split: str, bands: Sequence[str] | None,
                transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None,
@@ -133,7 +149,9 @@ class BenchmarkDataset(NonGeoDataset):
         return torch.tensor([s for _, s in self.band_stats.values()], dtype=torch.float32)
 
     def _all_band_stats(self) -> dict[str, tuple[float, float]]:
-        raise NotImplementedError
+        if not self._mean:
+            raise NotImplementedError
+        return {b: (m, s) for b, m, s in zip(self.all_bands, self._mean, self._std)}
 
     # ------------------------------------------------------------------ finding the data
     def _locate(self, find: Callable[[], Path | None], remote: _download.Remote,

@@ -21,7 +21,6 @@ import ast
 import io
 import json
 import pickle
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -141,11 +140,8 @@ class GeoBenchClassification(BenchmarkDataset):
     scale: ClassVar[float] = 1.0
     scale_note: ClassVar[str] = ""
 
-    def __init__(self, root: str | Path = "data", split: str = "train",
-                 bands: Sequence[str] | None = None,
-                 transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
-                 download: bool = False, checksum: bool = True) -> None:
-        self._setup(root, split, bands, transforms, download, checksum)
+    def _index(self) -> None:
+        split = self.split
         task_dir = self._locate(self._find_task_dir, self.remote(),
                                 f"{BENCHMARK_DIR}/{self.dataset_name}/default_partition.json",
                                 extract_to=self._extraction_dir)
@@ -160,6 +156,8 @@ class GeoBenchClassification(BenchmarkDataset):
             raise self._unreadable(partition_path, KeyError(f"no {key!r} split"))
         self.sample_names: list[str] = list(partition[key])
         self.files = [task_dir / f"{name}.hdf5" for name in self.sample_names]
+        self._wanted = [self.band_map[b] for b in self.bands]  # GEO-Bench names, channel order
+        self._stats: dict[str, tuple[float, float]] | None = None
 
     @classmethod
     def remote(cls) -> _download.Remote:
@@ -200,7 +198,7 @@ class GeoBenchClassification(BenchmarkDataset):
     def _read(self, path: Path) -> tuple[np.ndarray, int]:
         import h5py
 
-        wanted = [self.band_map[b] for b in self.bands]
+        wanted = self._wanted
         try:
             with h5py.File(path, "r") as h5:
                 attrs = read_geobench_attrs(h5)
@@ -228,13 +226,26 @@ class GeoBenchClassification(BenchmarkDataset):
         return self._apply(sample)
 
     def _all_band_stats(self) -> dict[str, tuple[float, float]]:
-        path = self.task_dir / "band_stats.json"
-        try:
-            stats = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise self._unreadable(path, error) from error
-        return {b: (stats[g]["mean"] * self.scale, stats[g]["std"] * self.scale)
-                for b, g in self.band_map.items() if g in stats}
+        if self._stats is None:  # read once: band_stats, mean and std all come through here
+            path = self.task_dir / "band_stats.json"
+            try:
+                stats = json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                raise self._unreadable(path, error) from error
+            self._stats = {b: (stats[g]["mean"] * self.scale, stats[g]["std"] * self.scale)
+                           for b, g in self.band_map.items() if g in stats}
+        return self._stats
+
+
+#: The 13 Sentinel-2 bands under their GEO-Bench names, in band order.
+_S2_BAND_MAP = {
+    "S2_B01": "01 - Coastal aerosol", "S2_B02": "02 - Blue", "S2_B03": "03 - Green",
+    "S2_B04": "04 - Red", "S2_B05": "05 - Vegetation Red Edge",
+    "S2_B06": "06 - Vegetation Red Edge", "S2_B07": "07 - Vegetation Red Edge",
+    "S2_B08": "08 - NIR", "S2_B8A": "08A - Vegetation Red Edge",
+    "S2_B09": "09 - Water vapour", "S2_B10": "10 - SWIR - Cirrus", "S2_B11": "11 - SWIR",
+    "S2_B12": "12 - SWIR",
+}
 
 
 class MSo2Sat(GeoBenchClassification):
@@ -249,12 +260,7 @@ class MSo2Sat(GeoBenchClassification):
     """
 
     dataset_name = "m-so2sat"
-    band_map = {
-        "S2_B02": "02 - Blue", "S2_B03": "03 - Green", "S2_B04": "04 - Red",
-        "S2_B05": "05 - Vegetation Red Edge", "S2_B06": "06 - Vegetation Red Edge",
-        "S2_B07": "07 - Vegetation Red Edge", "S2_B08": "08 - NIR",
-        "S2_B8A": "08A - Vegetation Red Edge", "S2_B11": "11 - SWIR", "S2_B12": "12 - SWIR",
-    }
+    band_map = {b: g for b, g in _S2_BAND_MAP.items() if b not in ("S2_B01", "S2_B09", "S2_B10")}
     scale = 1.0
     classes = (
         "Compact high rise", "Compact mid rise", "Compact low rise", "Open high rise",
@@ -275,14 +281,7 @@ class MBrickKiln(GeoBenchClassification):
     """
 
     dataset_name = "m-brick-kiln"
-    band_map = {
-        "S2_B01": "01 - Coastal aerosol", "S2_B02": "02 - Blue", "S2_B03": "03 - Green",
-        "S2_B04": "04 - Red", "S2_B05": "05 - Vegetation Red Edge",
-        "S2_B06": "06 - Vegetation Red Edge", "S2_B07": "07 - Vegetation Red Edge",
-        "S2_B08": "08 - NIR", "S2_B8A": "08A - Vegetation Red Edge",
-        "S2_B09": "09 - Water vapour", "S2_B10": "10 - SWIR - Cirrus", "S2_B11": "11 - SWIR",
-        "S2_B12": "12 - SWIR",
-    }
+    band_map = dict(_S2_BAND_MAP)
     scale = 1e-4
     classes = ("not brick kiln", "brick kiln")
 

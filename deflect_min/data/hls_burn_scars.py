@@ -20,7 +20,6 @@ finite) and -1 (ignored) in the mask.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +75,11 @@ class HLSBurnScars(BenchmarkDataset):
         relpath="hls_burn_scars.tar.gz", hf_repo=HF_REPO, hf_path="hls_burn_scars.tar.gz",
         url=f"https://huggingface.co/datasets/{HF_REPO}/resolve/main/hls_burn_scars.tar.gz")
 
-    def __init__(self, root: str | Path = "data", split: str = "train",
-                 bands: Sequence[str] | None = None,
-                 transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
-                 download: bool = False, checksum: bool = True) -> None:
-        self._setup(root, split, bands, transforms, download, checksum)
-        data_dir = self._locate(self._find_data_dir, self.remote,
-                                "training/*_merged.tif and validation/*_merged.tif")
-        self.data_dir = data_dir
-        folder = data_dir / ("validation" if split == "test" else "training")
+    def _index(self) -> None:
+        split = self.split
+        self.data_dir = self._locate(self._find_data_dir, self.remote,
+                                     "training/*_merged.tif and validation/*_merged.tif")
+        folder = self.data_dir / ("validation" if split == "test" else "training")
         images = sorted(folder.glob("*_merged.tif"), key=lambda p: p.name)
         pairs = []
         for image in images:
@@ -141,6 +136,3 @@ class HLSBurnScars(BenchmarkDataset):
         sample = {"image": torch.from_numpy(np.ascontiguousarray(data)),
                   "mask": torch.from_numpy(mask)}
         return self._apply(sample)
-
-    def _all_band_stats(self) -> dict[str, tuple[float, float]]:
-        return {b: (m, s) for b, m, s in zip(self.all_bands, self._mean, self._std)}

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
+from torchvision.transforms import Compose  # applies sample-dict transforms in order
 
 __all__ = ["Resize", "RandomCrop", "CenterCrop", "Standardize", "Compose", "make_dataloaders",
            "sliding_window_logits"]
@@ -68,62 +69,59 @@ def _pad_to(sample: Sample, size: int, ignore_index: int) -> Sample:
     return sample
 
 
-def _crop(sample: Sample, top: int, left: int, size: int) -> Sample:
-    out = dict(sample)
-    out["image"] = sample["image"][..., top:top + size, left:left + size]
-    if "mask" in sample:
-        out["mask"] = sample["mask"][..., top:top + size, left:left + size]
-    return out
+class _Crop:
+    """``size`` x ``size`` crop of image and mask (padding with ``ignore_index`` if small)."""
+
+    def __init__(self, size: int, ignore_index: int = -1) -> None:  # noqa: D107
+        self.size, self.ignore_index = size, ignore_index
+
+    def _origin(self, max_top: int, max_left: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+        sample = _pad_to(sample, self.size, self.ignore_index)
+        h, w = sample["image"].shape[-2:]
+        top, left = self._origin(h - self.size, w - self.size)
+        window = (..., slice(top, top + self.size), slice(left, left + self.size))
+        out = dict(sample)
+        out["image"] = sample["image"][window]
+        if "mask" in sample:
+            out["mask"] = sample["mask"][window]
+        return out
 
 
-class RandomCrop:
+class RandomCrop(_Crop):
     """Random ``size`` x ``size`` crop of image and mask (padding with ``ignore_index`` if small)."""
 
-    def __init__(self, size: int, ignore_index: int = -1) -> None:  # noqa: D107
-        self.size, self.ignore_index = size, ignore_index
-
-    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
-        sample = _pad_to(sample, self.size, self.ignore_index)
-        h, w = sample["image"].shape[-2:]
-        top = int(torch.randint(0, h - self.size + 1, ()))
-        left = int(torch.randint(0, w - self.size + 1, ()))
-        return _crop(sample, top, left, self.size)
+    def _origin(self, max_top: int, max_left: int) -> tuple[int, int]:
+        return int(torch.randint(0, max_top + 1, ())), int(torch.randint(0, max_left + 1, ()))
 
 
-class CenterCrop:
+class CenterCrop(_Crop):
     """Centre ``size`` x ``size`` crop of image and mask (padding with ``ignore_index`` if small)."""
 
-    def __init__(self, size: int, ignore_index: int = -1) -> None:  # noqa: D107
-        self.size, self.ignore_index = size, ignore_index
-
-    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
-        sample = _pad_to(sample, self.size, self.ignore_index)
-        h, w = sample["image"].shape[-2:]
-        return _crop(sample, (h - self.size) // 2, (w - self.size) // 2, self.size)
+    def _origin(self, max_top: int, max_left: int) -> tuple[int, int]:
+        return max_top // 2, max_left // 2
 
 
 class Standardize:
-    """``(image - mean) / std`` per channel (reflectance statistics of the dataset)."""
+    """``(image - mean) / std`` per channel (reflectance statistics of the dataset).
+
+    A sample-dict wrapper around :class:`deflect_min.embedding.Standardize`; a zero std is
+    clamped to 1e-12.
+    """
 
     def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:  # noqa: D107
-        self.mean = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+        from ..embedding import Standardize as _Standardize
+
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten().clamp_min(1e-12)
+        self._standardize = _Standardize(bands=[str(i) for i in range(len(mean))],
+                                         band_stats=(mean, std))
 
     def __call__(self, sample: Sample) -> Sample:  # noqa: D102
         sample = dict(sample)
-        sample["image"] = (sample["image"] - self.mean) / self.std.clamp_min(1e-12)
-        return sample
-
-
-class Compose:
-    """Apply transforms in order."""
-
-    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:  # noqa: D107
-        self.transforms = list(transforms)
-
-    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
-        for transform in self.transforms:
-            sample = transform(sample)
+        sample["image"] = self._standardize(sample["image"])
         return sample
 
 
@@ -164,11 +162,11 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
     if eval_mode not in ("center", "full"):
         raise ValueError(f"eval_mode must be 'center' or 'full', got {eval_mode!r}.")
     segmentation = cls.task == "segmentation"
+    ignore = cls.ignore_index if cls.ignore_index is not None else -1
     loaders: dict[str, DataLoader] = {}
-    stats_source = None
+    standardizer = None
     for split in splits:
         if segmentation:
-            ignore = cls.ignore_index if cls.ignore_index is not None else -1
             if split == "train":
                 geometric: list = [RandomCrop(size, ignore)]
             else:
@@ -177,9 +175,9 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
             geometric = [Resize(size)]
         ds = cls(root=root, split=split, bands=bands, download=download, checksum=checksum)
         download = False  # the first split fetched everything
-        if standardize:
-            stats_source = stats_source or ds
-            geometric.append(Standardize(stats_source.mean, stats_source.std))
+        if standardize:  # the first split's statistics serve every split
+            standardizer = standardizer or Standardize(ds.mean, ds.std)
+            geometric.append(standardizer)
         ds.transforms = Compose(geometric)
         generator = torch.Generator().manual_seed(seed) if split == "train" else None
         loaders[split] = DataLoader(

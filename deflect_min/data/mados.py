@@ -24,7 +24,6 @@ not fit in Colab's RAM.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,15 +71,10 @@ class MADOS(BenchmarkDataset):
         relpath="MADOS.zip", zenodo_record=ZENODO_RECORD,
         url=f"https://zenodo.org/records/{ZENODO_RECORD}/files/MADOS.zip?download=1")
 
-    def __init__(self, root: str | Path = "data", split: str = "train",
-                 bands: Sequence[str] | None = None,
-                 transforms: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
-                 download: bool = False, checksum: bool = True) -> None:
-        self._setup(root, split, bands, transforms, download, checksum)
-        data_dir = self._locate(self._find_data_dir, self.remote,
-                                "MADOS/splits/train_X.txt and MADOS/Scene_*/")
-        self.data_dir = data_dir
-        split_file = data_dir / "splits" / f"{split}_X.txt"
+    def _index(self) -> None:
+        self.data_dir = self._locate(self._find_data_dir, self.remote,
+                                     "MADOS/splits/train_X.txt and MADOS/Scene_*/")
+        split_file = self.data_dir / "splits" / f"{self.split}_X.txt"
         try:
             names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         except OSError as error:
@@ -144,6 +138,3 @@ class MADOS(BenchmarkDataset):
             mask[nan.any(axis=0)] = self.ignore_index
         mask[mask < -1] = self.ignore_index
         return self._apply({"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)})
-
-    def _all_band_stats(self) -> dict[str, tuple[float, float]]:
-        return {b: (m, s) for b, m, s in zip(self.all_bands, self._mean, self._std)}
