@@ -116,11 +116,10 @@ def build(name: str, args, device: str):
             vit.head.requires_grad_(True)
         if name == FORWARD:
             model.requires_grad_(False)
+        tuned = dm.count_parameters(vit)[0]  # the peft LoRA layers live inside `vit`
     if device != "meta":
         model.to(device)
     model.train()
-    head = {id(p) for p in vit.head.parameters()}
-    tuned = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head)
     return model, tuned, total
 
 
@@ -159,36 +158,11 @@ def make_step(model, name: str, x, y, *, optimizer: bool = True):
     return train_step
 
 
-@contextlib.contextmanager
-def _shape_only(model):
-    """What cannot run on meta tensors: the input's value checks and the spectral indices
-    (element-wise, 0 counted FLOPs). :mod:`deflect_min.budget`'s helper when it has one."""
-    try:
-        from deflect_min.budget import _shape_only as budget_shape_only
-    except ImportError:
-        budget_shape_only = None
-    if budget_shape_only is not None:
-        with budget_shape_only(model):
-            yield
-        return
-    from deflect_min.indices import SpectralIndices
-
-    patched = [(m, "check_input", lambda x: None) for m in model.modules()
-               if hasattr(type(m), "check_input")]
-    patched += [(m, "forward", lambda x, k=len(m.names): x.new_zeros(x.shape[0], k, *x.shape[2:]))
-                for m in model.modules() if isinstance(m, SpectralIndices)]
-    for module, attr, fn in patched:
-        setattr(module, attr, fn)
-    try:
-        yield
-    finally:
-        for module, attr, _ in patched:
-            delattr(module, attr)
-
-
 def step_gflops(name: str, args) -> float:
     """GFLOPs of one step of ``name`` (forward + backward), counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from deflect_min.budget import _shape_only  # skips the input checks meta tensors cannot pass
 
     model, _, _ = build(name, args, "meta")
     x, y = make_batch(args, "meta")

@@ -112,19 +112,10 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`~deflect_min.training.TrainConfig` of parsed ``deflect-train`` arguments."""
     from deflect_min.training import TrainConfig, smoke_config
 
-    method_kwargs: dict[str, Any] = {}
-    if args.layers is not None:
-        method_kwargs["layers"] = args.layers
-    if args.rank is not None:
-        method_kwargs["rank"] = args.rank
-    if args.stream is not None:
-        method_kwargs["stream"] = args.stream
-    if args.no_deflect:
-        method_kwargs["deflect"] = False
-    if args.lora_rank is not None:
-        method_kwargs["lora_rank"] = args.lora_rank
-    if args.input is not None:
-        method_kwargs["input"] = args.input
+    given = {"layers": args.layers, "rank": args.rank, "stream": args.stream,
+             "deflect": False if args.no_deflect else None, "lora_rank": args.lora_rank,
+             "input": args.input}
+    method_kwargs = {k: v for k, v in given.items() if v is not None}
     weights = None if str(args.weights).lower() == "none" else args.weights
     devices: int | str = int(args.devices) if str(args.devices).isdigit() else args.devices
     fields: dict[str, Any] = dict(

@@ -31,27 +31,35 @@ def run_name(method: str, method_kwargs: Mapping[str, Any] | None = None) -> str
     ``run_name("deflect", {"rank": 4, "stream": "single"})`` is
     ``"deflect_rank-4_stream-single"`` (an ablation, kept apart).
     """
+    kwargs = method_kwargs or {}
     parts = [method]
-    for k in sorted(method_kwargs or {}):
-        v = (method_kwargs or {})[k]
+    for k in sorted(kwargs):
+        v = kwargs[k]
         if isinstance(v, (list, tuple)):
             v = ".".join(str(i) for i in v)
         parts.append(re.sub(r"[^A-Za-z0-9.+=-]", "", f"{k}-{v}"))
     return "_".join(parts)
 
 
+def _run_label(cfg: TrainConfig) -> str:
+    """The run's sub-folder: ``cfg.name`` or :func:`run_name`."""
+    return cfg.name or run_name(cfg.method, cfg.method_kwargs)
+
+
+def _seed_path(cfg: TrainConfig, root: str | os.PathLike) -> Path:
+    """``<root>/<dataset>/<gfm>/<run>/seed<k>`` (``seed<k>.reduced`` when reduced)."""
+    suffix = "" if cfg.protocol == "full" else f".{cfg.protocol}"
+    return Path(root) / cfg.dataset / cfg.gfm / _run_label(cfg) / f"seed{cfg.seed}{suffix}"
+
+
 def result_path(cfg: TrainConfig, out: str | os.PathLike | None = None) -> Path:
     """``<out>/<dataset>/<gfm>/<run>/seed<k>.json`` (``seed<k>.reduced.json`` when reduced)."""
-    out = Path(out if out is not None else (cfg.out or "results"))
-    suffix = "" if cfg.protocol == "full" else f".{cfg.protocol}"
-    name = cfg.name or run_name(cfg.method, cfg.method_kwargs)
-    return out / cfg.dataset / cfg.gfm / name / f"seed{cfg.seed}{suffix}.json"
+    seed = _seed_path(cfg, out if out is not None else (cfg.out or "results"))
+    return seed.with_name(seed.name + ".json")
 
 
 def _checkpoint_dir(cfg: TrainConfig) -> Path:
-    suffix = "" if cfg.protocol == "full" else f".{cfg.protocol}"
-    name = cfg.name or run_name(cfg.method, cfg.method_kwargs)
-    return Path(cfg.work_dir) / cfg.dataset / cfg.gfm / name / f"seed{cfg.seed}{suffix}"
+    return _seed_path(cfg, cfg.work_dir)
 
 
 def _versions() -> dict[str, str | None]:
@@ -80,9 +88,8 @@ def _device(trainer: L.Trainer) -> str:
     if dev.type == "cuda":
         major, minor = torch.cuda.get_device_capability(dev)
         name = torch.cuda.get_device_name(dev)
-        n = trainer.num_devices
-        return f"{n} x {name} (compute capability {major}.{minor})" if n > 1 else \
-            f"{name} (compute capability {major}.{minor})"
+        desc = f"{name} (compute capability {major}.{minor})"
+        return f"{trainer.num_devices} x {desc}" if trainer.num_devices > 1 else desc
     if dev.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return dev.type
@@ -105,9 +112,13 @@ def _protocol_detail(cfg: TrainConfig, sizes: Mapping[str, int]) -> str:
     return text
 
 
+def _epoch_limit(cfg: TrainConfig) -> int | None:
+    """The run's epoch limit; ``None`` where only the step budget ends it."""
+    return cfg.num_epochs if cfg.step_budget is None or cfg.epochs is not None else None
+
+
 def _schedule(cfg: TrainConfig) -> dict[str, Any]:
-    return {"epochs": cfg.num_epochs if cfg.step_budget is None or cfg.epochs is not None
-            else None, "max_steps": cfg.step_budget, "partition": cfg.train_partition,
+    return {"epochs": _epoch_limit(cfg), "max_steps": cfg.step_budget, "partition": cfg.train_partition,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
             "milestones": list(cfg.milestones), "img_size": cfg.img_size,
             "eval_mode": cfg.eval_mode if cfg.task == "segmentation" else None}

@@ -35,8 +35,8 @@ from torch import nn
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from .bookkeeping import (_checkpoint_dir, _device, _protocol_detail, _quiet, _schedule,
-                          _versions, result_path, run_name)
+from .bookkeeping import (_checkpoint_dir, _device, _epoch_limit, _protocol_detail, _quiet,
+                          _run_label, _schedule, _versions, result_path)
 from .config import _POSITIVE_CLASS, TrainConfig, _dataset_cls, _jsonable
 from .data import _dataset_of, _loader_bands, build_loaders, check_bands
 from .metrics import _scalars, default_precision, table_metric
@@ -71,9 +71,6 @@ def train(config: TrainConfig | Mapping[str, Any], *,
             with other settings.
         FloatingPointError: a NaN/inf loss (the message names the step and the likely cause).
     """
-    from deflect_min.build import build_model
-    from deflect_min.models import load_gfm
-
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.validate()
     ds_cls = _dataset_cls(cfg.dataset)
@@ -106,22 +103,15 @@ def train(config: TrainConfig | Mapping[str, Any], *,
             band_stats = {b: band_stats[b] for b in bands}
 
         # ---- model
-        encoder = load_gfm(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size,
-                           _arch_overrides=cfg.arch_overrides)
-        num_classes = len(ds_cls.classes)
-        model = build_model(task, encoder, cfg.method, bands=bands, num_classes=num_classes,
-                            band_stats=band_stats, head_kwargs=cfg.head_kwargs,
-                            **cfg.method_kwargs)
+        model = _build(cfg, bands, band_stats)
         check_bands(model.encoder.adaptation["bands"], bands, where="configured bands")
-        positive = None
-        if cfg.dataset in _POSITIVE_CLASS:
-            positive = _POSITIVE_CLASS[cfg.dataset]
-        module = TaskModule(model, task=task, num_classes=num_classes,
+        module = TaskModule(model, task=task, num_classes=len(ds_cls.classes),
                             ignore_index=ds_cls.ignore_index if ds_cls.ignore_index is not None
                             else -1,
                             lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                             milestones=cfg.milestones, gamma=cfg.gamma, eval_mode=cfg.eval_mode,
-                            window=cfg.img_size, positive=positive, precision=precision)
+                            window=cfg.img_size, positive=_POSITIVE_CLASS.get(cfg.dataset),
+                            precision=precision)
 
         # ---- trainer
         ckpt_dir = _checkpoint_dir(cfg)
@@ -140,9 +130,10 @@ def train(config: TrainConfig | Mapping[str, Any], *,
                                  every_n_epochs=1, save_on_train_epoch_end=True,
                                  enable_version_counter=False, auto_insert_metric_name=False)
         step_budget = cfg.step_budget
-        max_epochs = cfg.num_epochs if step_budget is None or cfg.epochs is not None else -1
+        max_epochs = _epoch_limit(cfg)
         trainer = L.Trainer(
-            max_epochs=max_epochs, max_steps=step_budget if step_budget is not None else -1,
+            max_epochs=max_epochs if max_epochs is not None else -1,
+            max_steps=step_budget if step_budget is not None else -1,
             accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
             precision=precision, logger=False,
             callbacks=[state, *([_StepBudget(step_budget)] if step_budget else []), *callbacks,
@@ -180,7 +171,7 @@ def train(config: TrainConfig | Mapping[str, Any], *,
         "gfm": cfg.gfm,
         "method": cfg.method,
         "method_kwargs": config_dict["method_kwargs"],
-        "run": cfg.name or run_name(cfg.method, cfg.method_kwargs),
+        "run": _run_label(cfg),
         "seed": int(cfg.seed),
         "protocol": cfg.protocol,
         "protocol_detail": _protocol_detail(cfg, sizes),
@@ -223,6 +214,21 @@ def train(config: TrainConfig | Mapping[str, Any], *,
     return result
 
 
+def _build(cfg: TrainConfig, bands: list[str], band_stats: Mapping[str, Any] | None
+           ) -> nn.Module:
+    """The run's model: :func:`~deflect_min.load_gfm` + :func:`~deflect_min.build_model` (the
+    same in :func:`train` and :func:`load_model`, so that a checkpoint fits its rebuild)."""
+    from deflect_min.build import build_model
+    from deflect_min.models import load_gfm
+
+    ds_cls = _dataset_cls(cfg.dataset)
+    encoder = load_gfm(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size,
+                       _arch_overrides=cfg.arch_overrides)
+    return build_model(ds_cls.task, encoder, cfg.method, bands=bands,
+                       num_classes=len(ds_cls.classes), band_stats=band_stats,
+                       head_kwargs=cfg.head_kwargs, **cfg.method_kwargs)
+
+
 def load_model(result: Mapping[str, Any] | str | os.PathLike,
                checkpoint: str | os.PathLike | None = None) -> nn.Module:
     """The trained model of a result (its best checkpoint), in eval mode, on the CPU.
@@ -236,21 +242,13 @@ def load_model(result: Mapping[str, Any] | str | os.PathLike,
         result: a result dict of :func:`train` or the path of its JSON file.
         checkpoint: another checkpoint of the same run (default: ``result["checkpoint"]``).
     """
-    from deflect_min.build import build_model
-    from deflect_min.models import load_gfm
-
     if not isinstance(result, Mapping):
         result = json.loads(Path(result).read_text())
     cfg = TrainConfig.from_dict(result["config"])
-    ds_cls = _dataset_cls(cfg.dataset)
     stats = result.get("band_stats")
     stats = {b: tuple(v) for b, v in stats.items()} if stats else None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    encoder = load_gfm(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size,
-                       _arch_overrides=cfg.arch_overrides)
-    model = build_model(ds_cls.task, encoder, cfg.method, bands=list(result["bands"]),
-                        num_classes=len(ds_cls.classes), band_stats=stats,
-                        head_kwargs=cfg.head_kwargs, **cfg.method_kwargs)
+    model = _build(cfg, list(result["bands"]), stats)
     ckpt = torch.load(checkpoint or result["checkpoint"], map_location="cpu", weights_only=True)
     sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(sd, strict=False)
