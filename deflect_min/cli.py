@@ -151,6 +151,8 @@ def config_from_args(args: argparse.Namespace):
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``deflect-train``: one run; prints the test metrics and the result file."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from deflect_min.training import train
 
     parser = _train_parser()
@@ -161,6 +163,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))  # exits with status 2
     result = train(cfg)
+    if rank_zero_only.rank != 0:  # a DDP run's other processes: rank zero reports
+        return 0
     summary = {k: round(v, 4) for k, v in result["metrics"]["test"].items()}
     print(f"{result['dataset']} / {result['gfm']} / {result['run']} / seed {result['seed']} "
           f"({result['protocol']}): test {json.dumps(summary)}; {result['table_metric']} fills "

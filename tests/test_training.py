@@ -8,7 +8,10 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -33,6 +36,7 @@ from deflect_min.training import (
     smoke_config,
     train,
 )
+from deflect_min.training.data import _RunData
 
 from tests.helpers import DATA, GEOBENCH, HLS, MADOS_ROOT
 
@@ -169,6 +173,58 @@ def test_resume_refuses_other_settings(runs, tmp_path) -> None:
         train(smoke_config("m-so2sat", str(GEOBENCH), **kw), callbacks=[_InterruptAt(1)])
     with pytest.raises(ValueError, match="cannot resume.*lr"):
         train(smoke_config("m-so2sat", str(GEOBENCH), resume=True, lr=1e-3, **kw))
+
+
+# ----------------------------------------------------------------------------- DDP
+def test_ddp_evaluates_every_sample_once(tmp_path) -> None:
+    # the brick-kiln fixture's four samples for training, three for val and for test: splits
+    # that two processes share unevenly (Lightning's default sampler pads them to four)
+    root = tmp_path / "geobench"
+    task = root / "classification_v1.0" / "m-brick-kiln"
+    shutil.copytree(GEOBENCH / "classification_v1.0" / "m-brick-kiln", task)
+    default = json.loads((task / "default_partition.json").read_text())
+    names = sorted({n for split in default.values() for n in split})
+    part = {"train": names, "valid": names[1:], "test": names[1:]}
+    assert len(part["valid"]) % 2 == 1 and len(part["test"]) % 2 == 1
+    (task / "default_partition.json").write_text(json.dumps(part))
+    # the ddp launcher runs the command again for the second process: not inside pytest
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "deflect-train"), "--dataset", "m-brick-kiln",
+         "--root", str(root), "--smoke", "--batch-size", "1", "--accelerator", "cpu",
+         "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path / "r"),
+         "--work-dir", str(tmp_path / "c")],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads((tmp_path / "r/m-brick-kiln/scalemae/deflect/seed0.json").read_text())
+    assert r["split_sizes"] == {"train": len(names), "val": len(part["valid"]),
+                                "test": len(part["test"])}
+    assert np.asarray(r["confusion_matrix"]["test"]).sum() == len(part["test"])
+    for h in r["history"]:  # k / 3 samples right (padded: k / 4)
+        assert h["val_accuracy"] * len(part["valid"]) == pytest.approx(
+            round(h["val_accuracy"] * len(part["valid"])))
+    # the validation loss is the mean over both processes' batches (of one sample each)
+    model = load_model(tmp_path / "r/m-brick-kiln/scalemae/deflect/seed0.json")
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(model(b["image"]), b["label"])
+                  for b in build_loaders(TrainConfig.from_dict(r["config"]))["val"]]
+    assert r["metrics"]["val_best"]["loss"] == pytest.approx(float(torch.stack(losses).mean()))
+    assert r["device"].startswith("2 x cpu")
+    assert run.stdout.count("m-brick-kiln / scalemae / deflect / seed 0") == 1
+
+
+def test_ddp_eval_shards() -> None:
+    loader = torch.utils.data.DataLoader(list(range(5)), batch_size=2)
+    data = _RunData({"train": loader, "val": loader, "test": loader})
+    data.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    assert data.val_dataloader() is loader and data.test_dataloader() is loader
+    shards = []
+    for rank in (0, 1):
+        data.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        shards.append([int(i) for batch in data.test_dataloader() for i in batch])
+    assert sorted(shards[0] + shards[1]) == list(range(5))  # each sample once, none repeated
+    data.trainer = SimpleNamespace(world_size=8, global_rank=0)
+    with pytest.raises(ValueError, match="val split has 5 samples for 8 processes"):
+        data.val_dataloader()
 
 
 # ----------------------------------------------------------------------------- failures

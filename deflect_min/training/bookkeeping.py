@@ -84,15 +84,17 @@ def _versions() -> dict[str, str | None]:
 
 
 def _device(trainer: L.Trainer) -> str:
+    """The run's device, e.g. ``"cpu (8 threads)"``, preceded by ``"<n> x "`` when the run
+    has several (DDP processes)."""
     dev = trainer.strategy.root_device
     if dev.type == "cuda":
         major, minor = torch.cuda.get_device_capability(dev)
-        name = torch.cuda.get_device_name(dev)
-        desc = f"{name} (compute capability {major}.{minor})"
-        return f"{trainer.num_devices} x {desc}" if trainer.num_devices > 1 else desc
-    if dev.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
-    return dev.type
+        desc = f"{torch.cuda.get_device_name(dev)} (compute capability {major}.{minor})"
+    elif dev.type == "cpu":
+        desc = f"cpu ({torch.get_num_threads()} threads)"
+    else:
+        desc = dev.type
+    return f"{trainer.num_devices} x {desc}" if trainer.num_devices > 1 else desc
 
 
 def _protocol_detail(cfg: TrainConfig, sizes: Mapping[str, int]) -> str:

@@ -1,4 +1,5 @@
-"""Loaders of a run: band checks, GEO-Bench train partitions, :func:`build_loaders`."""
+"""Loaders of a run: band checks, GEO-Bench train partitions, :func:`build_loaders`, and their
+hand-over to Lightning (:class:`_RunData`: unpadded evaluation shards under DDP)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+import lightning.pytorch as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
 from .config import TrainConfig
 
@@ -96,3 +100,40 @@ def build_loaders(cfg: TrainConfig) -> dict[str, torch.utils.data.DataLoader]:
         num_workers=cfg.num_workers, drop_last=len(train_ds) >= cfg.batch_size,
         pin_memory=pin, persistent_workers=False)  # workers reseeded from `generator` each epoch
     return {"train": train_loader, "val": evals["val"], "test": evals["test"]}
+
+
+class _RunData(L.LightningDataModule):
+    """The run's loaders, handed to Lightning. Under DDP the val and test loaders shard their
+    split without padding, so that every sample is evaluated once (Lightning's default
+    ``DistributedSampler`` repeats samples to give every process as many, which counts them
+    twice in the metrics); the processes' confusion matrices are summed at ``compute()``. The
+    training loader is left to Lightning."""
+
+    def __init__(self, loaders: dict[str, torch.utils.data.DataLoader]) -> None:
+        super().__init__()
+        self.loaders = loaders
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:  # noqa: D102
+        return self.loaders["train"]
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:  # noqa: D102
+        return self._unpadded("val")
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:  # noqa: D102
+        return self._unpadded("test")
+
+    def _unpadded(self, split: str) -> torch.utils.data.DataLoader:
+        loader, world = self.loaders[split], self.trainer.world_size
+        if world == 1:
+            return loader
+        n = len(loader.dataset)
+        if n < world:  # a process without a batch skips the evaluation and its collectives
+            raise ValueError(f"the {split} split has {n} samples for {world} processes: each "
+                             f"process must evaluate at least one sample; use fewer devices.")
+        sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=world,
+                                               rank=self.trainer.global_rank, shuffle=False)
+        return torch.utils.data.DataLoader(
+            loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+            collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+            worker_init_fn=loader.worker_init_fn)

@@ -165,7 +165,13 @@ class TaskModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:  # noqa: D102
         m = self._epoch_metrics(self.val_confmat)
         scalars = _scalars(m)
-        scalars["loss"] = float(self._val_loss_sum) / max(self._val_loss_n, 1)
+        loss_sum, n = self._val_loss_sum, self._val_loss_n
+        if self.trainer.world_size > 1:  # each process saw its share: the mean over all batches
+            total = self.trainer.strategy.reduce(
+                torch.tensor([float(loss_sum), n], dtype=torch.float64, device=self.device),
+                reduce_op="sum")
+            loss_sum, n = total.tolist()
+        scalars["loss"] = float(loss_sum) / max(n, 1)
         self.last_val = scalars
         for k, v in scalars.items():
             self.log(f"val/{k}", v, prog_bar=k in ("f1_macro", "miou"))

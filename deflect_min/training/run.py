@@ -12,7 +12,8 @@ What happens, in order:
 3. **Lightning** (:class:`TaskModule`): AdamW, MultiStepLR at 60 % and 90 % of the optimizer
    steps, cross-entropy (ignore index -1), validation each epoch, a checkpoint every epoch
    (``last.ckpt``) and the best one by the validation metric (``best.ckpt``), then the test split
-   with the best checkpoint.
+   with the best checkpoint. Under DDP each process evaluates its own share of the val / test
+   split, without the repeated samples of Lightning's default sampler (:class:`_RunData`).
 4. **Result**: metrics, per-class values, confusion matrix, learning curves, tuned parameters,
    wall time, device, versions and the full config, written to
    ``<out>/<dataset>/<gfm>/<run>/seed<k>.json`` (``seed<k>.reduced.json`` under the reduced
@@ -38,7 +39,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from .bookkeeping import (_checkpoint_dir, _device, _epoch_limit, _protocol_detail, _quiet,
                           _run_label, _schedule, _versions, result_path)
 from .config import _POSITIVE_CLASS, TrainConfig, _dataset_cls, _jsonable
-from .data import _dataset_of, _loader_bands, build_loaders, check_bands
+from .data import _dataset_of, _loader_bands, _RunData, build_loaders, check_bands
 from .metrics import _scalars, default_precision, table_metric
 from .module import TaskModule, _RunState, _StepBudget
 
@@ -142,14 +143,15 @@ def train(config: TrainConfig | Mapping[str, Any], *,
             num_sanity_val_steps=0, check_val_every_n_epoch=1, default_root_dir=ckpt_dir,
             log_every_n_steps=1,
         )
-        trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["val"],
-                    ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+        data = _RunData(loaders)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)
         best = ckpt.best_model_path
         if not best or not Path(best).is_file():
             raise RuntimeError(f"no best checkpoint was written in {ckpt_dir}: did validation "
                                f"run? (val split of {len(loaders['val'].dataset)} samples)")
         state.active = False  # testing the best checkpoint must not rewind the run state
-        trainer.test(module, dataloaders=loaders["test"], ckpt_path=best, verbose=not cfg.quiet,
+        trainer.test(module, datamodule=data, ckpt_path=best, verbose=not cfg.quiet,
                      weights_only=True)
 
     test = module.test_result or {}
