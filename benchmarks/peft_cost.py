@@ -57,6 +57,8 @@ NUM_CLASSES = 19  # BigEarthNet-19, multi-label
 #: HF peft's LoRA: the same layers as our ``lora`` (a bare "proj" would also hit patch_embed.proj).
 PEFT_TARGETS = r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])"
 PEFT_RANK = PEFT_ALPHA = 16
+#: ``--amp``: the autocast dtype of the steps (none: fp32).
+AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
 #: S2 bands in the order they are added as --bands grows (RGB first; 10 = So2Sat's,
 #: 12 = BigEarthNet's, 13 = every S2 band). The input keeps Sentinel-2's wavelength order.
 _S2_PRIORITY = ("S2_B04", "S2_B03", "S2_B02", "S2_B08", "S2_B11", "S2_B12", "S2_B8A", "S2_B05",
@@ -64,7 +66,7 @@ _S2_PRIORITY = ("S2_B04", "S2_B03", "S2_B02", "S2_B08", "S2_B11", "S2_B12", "S2_
 COLUMNS = ("model", "method", "batch_size", "img_size", "bands", "tuned_params", "tuned_pct",
            "step_ms", "step_ms_min", "step_ms_max", "x_forward", "x_peft_lora", "step_cpu_ms",
            "x_forward_cpu", "x_peft_lora_cpu", "peak_mem_mib",
-           "mem_x_peft_lora", "gflops_step", "steps", "warmup", "device", "device_name",
+           "mem_x_peft_lora", "gflops_step", "steps", "warmup", "amp", "device", "device_name",
            "threads", "torch", "timm", "peft", "python", "date")
 #: Wall-clock time, and the CPU time of the worker process (on a shared CPU, time slices taken
 #: by other processes inflate the first and not the second; with --threads 1 both measure
@@ -136,24 +138,33 @@ def make_batch(args, device: str):
     return x.to(device), y.to(device)
 
 
-def make_step(model, name: str, x, y, *, optimizer: bool = True):
-    """One forward-only pass (``forward-only``) or one training step (the others)."""
+def make_step(model, name: str, x, y, *, optimizer: bool = True, amp: str = "none"):
+    """One forward-only pass (``forward-only``) or one training step (the others), under
+    ``amp`` autocast (``"bf16"``, ``"fp16"``; fp16 steps go through a gradient scaler)."""
     import torch
     import torch.nn.functional as F
 
+    device = x.device.type
+    dtype = getattr(torch, AMP_DTYPES[amp]) if AMP_DTYPES[amp] else None
+    autocast = lambda: (torch.autocast(device, dtype=dtype) if dtype is not None  # noqa: E731
+                        else contextlib.nullcontext())
     if name == FORWARD:
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(x)
         return forward
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4) if optimizer else None
+    scaler = torch.amp.GradScaler(device, enabled=amp == "fp16")
 
     def train_step():
-        loss = F.binary_cross_entropy_with_logits(model(x), y)
-        loss.backward()
+        with autocast():
+            logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        scaler.scale(loss).backward()
         if opt is not None:
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
     return train_step
 
@@ -241,7 +252,7 @@ def worker_main(argv=None) -> None:
     name = args.worker
     model, tuned, total = build(name, args, args.device)
     x, y = make_batch(args, args.device)
-    step = make_step(model, name, x, y)
+    step = make_step(model, name, x, y, amp=args.amp)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
@@ -329,6 +340,9 @@ def parse_args(argv=None):
                    help="comma-separated names from deflect_min.METHODS, or 'all' (default); "
                         "forward-only and peft-lora always run as the references")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
+                   help="autocast dtype of the steps: none (fp32, default), bf16, or fp16 "
+                        "(with a gradient scaler)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per worker (default: torch's default)")
     p.add_argument("--no-flops", action="store_true", help="skip the meta-device FLOP count")
@@ -381,7 +395,7 @@ def run(args) -> list[dict]:
         print(PEFT_MISSING, file=sys.stderr)
     argv = ["--model", args.model, "--batch-size", str(args.batch_size), "--img-size",
             str(args.img_size), "--bands", str(args.bands), "--device", args.device,
-            "--threads", str(args.threads)]
+            "--amp", args.amp, "--threads", str(args.threads)]
     refs = [FORWARD] + ([PEFT_LORA] if peft_ok else [])
     workers = {}
     names = [*refs, *methods]
@@ -433,7 +447,7 @@ def run(args) -> list[dict]:
         for w in workers.values():
             w.close()
 
-    versions = dict(device=args.device, device_name=_device_name(args.device),
+    versions = dict(amp=args.amp, device=args.device, device_name=_device_name(args.device),
                     threads=args.threads or torch.get_num_threads(), torch=torch.__version__,
                     timm=timm.__version__,
                     peft=__import__("peft").__version__ if peft_ok else "",
@@ -475,7 +489,8 @@ def format_table(rows: list[dict]) -> str:
                                  for i, (c, w) in enumerate(zip(line, widths)))
     r0 = rows[0]
     title = (f"{r0['model']}, batch {r0['batch_size']}, {r0['img_size']} px, {r0['bands']} bands, "
-             f"{r0['device']} ({r0['device_name']}, {r0['threads']} threads), torch "
+             f"{r0['device']} ({r0['device_name']}, {r0['threads']} threads), autocast "
+             f"{r0['amp']}, torch "
              f"{r0['torch']}, timm {r0['timm']}, peft {r0['peft'] or 'missing'}")
     out = [title, fmt(lines[0]), fmt(["-" * w for w in widths])]
     out += [fmt(line) for line in lines[1:]]
