@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import deflect_min as dm
-from benchmarks import peft_cost
+from benchmarks import peft_cost, train_cost
 from deflect_min.attention import UntangledAttention
 from deflect_min.embedding import PixelSetEncoder
 from tests.helpers import S2_7, reflectance, tiny_vit
@@ -135,3 +135,24 @@ def test_chunked_pixel_set_encoder_equals_one_pass():
         torch.testing.assert_close(out, results[0][0], rtol=1e-5, atol=1e-6)
         for g, g0 in zip(grads, results[0][1]):
             torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-5)
+
+
+def test_train_cost_scenes_are_real_hls_and_projection_counts_every_pass(tmp_path):
+    from deflect_min.data import HLSBurnScars
+    from deflect_min.data.hls_burn_scars import pangaea_train_val_split
+    from deflect_min.training.config import REDUCED_MAX_STEPS, TASK_EPOCHS
+
+    train_cost.write_scenes(tmp_path, training=3, test=1, size=40)
+    sample = HLSBurnScars(tmp_path, split="test")[0]
+    assert sample["image"].shape == (6, 40, 40) and sample["mask"].shape == (40, 40)
+    assert len(HLSBurnScars(tmp_path, split="train")) + len(HLSBurnScars(tmp_path, split="val")) == 3
+
+    train, val = pangaea_train_val_split(train_cost.REAL_TRAINING)
+    per_epoch = len(train) // 8
+    reduced_epochs = math.ceil(REDUCED_MAX_STEPS / per_epoch)
+    step, image = 0.1, 0.25  # seconds
+    assert train_cost.projection(step, image, batch_size=8, protocol="reduced") == pytest.approx(
+        (REDUCED_MAX_STEPS * step + (reduced_epochs * len(val) + train_cost.REAL_TEST) * image) / 60)
+    epochs = TASK_EPOCHS["segmentation"]
+    assert train_cost.projection(step, image, batch_size=8, protocol="full") == pytest.approx(
+        (epochs * per_epoch * step + (epochs * len(val) + train_cost.REAL_TEST) * image) / 60)

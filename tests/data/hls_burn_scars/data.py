@@ -34,6 +34,19 @@ SCENES = {
 }
 
 
+def write_scene(folder: Path, stem: str, image: np.ndarray, mask: np.ndarray, index: int) -> None:
+    """One scene as the real archive holds it: ``<stem>_merged.tif`` (6 float32 bands,
+    nodata -9999) and ``<stem>.mask.tif`` (int16), UTM 30 m, placed ``index`` km apart."""
+    profile = dict(driver="GTiff", width=image.shape[-1], height=image.shape[-2],
+                   crs="EPSG:32610", transform=from_origin(500000 + 1000 * index, 4200000, 30, 30),
+                   compress="deflate")
+    with rasterio.open(folder / f"{stem}_merged.tif", "w", count=6, dtype="float32",
+                       nodata=-9999, **profile) as dst:
+        dst.write(image)
+    with rasterio.open(folder / f"{stem}.mask.tif", "w", count=1, dtype="int16", **profile) as dst:
+        dst.write(mask[None])
+
+
 def main() -> None:
     rng = np.random.default_rng(0)
     for folder, scenes in SCENES.items():
@@ -42,7 +55,6 @@ def main() -> None:
             shutil.rmtree(out)
         out.mkdir()
         for i, (tile, date) in enumerate(scenes):
-            stem = f"subsetted_512x512_HLS.S30.{tile}.{date}.v1.4"
             image = np.stack([0.05 * (k + 1) + np.floor(rng.random((SIZE, SIZE)) * 10) / 1024
                               for k in range(6)]).astype(np.float32)
             if folder == "training" and i == 0:
@@ -50,15 +62,7 @@ def main() -> None:
                 image[4, 0, 5] = 9999
             mask = rng.integers(0, 2, (SIZE, SIZE)).astype(np.int16)
             mask[0, :] = -1
-            profile = dict(driver="GTiff", width=SIZE, height=SIZE, crs="EPSG:32610",
-                           transform=from_origin(500000 + 1000 * i, 4200000, 30, 30),
-                           compress="deflate")
-            with rasterio.open(out / f"{stem}_merged.tif", "w", count=6, dtype="float32",
-                               nodata=-9999, **profile) as dst:
-                dst.write(image)
-            with rasterio.open(out / f"{stem}.mask.tif", "w", count=1, dtype="int16",
-                               **profile) as dst:
-                dst.write(mask[None])
+            write_scene(out, f"subsetted_512x512_HLS.S30.{tile}.{date}.v1.4", image, mask, i)
     with tarfile.open(HERE / "hls_burn_scars.tar.gz", "w:gz") as tar:
         for folder in SCENES:
             for path in sorted((HERE / folder).iterdir()):
