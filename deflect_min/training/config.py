@@ -4,11 +4,12 @@
 
 * ``"full"``: PANGAEA's schedule (``../shared/notes/method.md`` §6.3): 50 epochs for
   classification, 80 for segmentation, batch 8, AdamW lr 1e-4, weight decay 0.05.
-* ``"reduced"``: an evening on a Colab T4: GEO-Bench's ``0.10x_train`` partition for the
-  classification tasks (the training split from the partition file; validation and test
-  splits unchanged, so that both protocols are evaluated on the same images), and a
-  fixed budget of optimizer steps (``max_steps``, default 1000) for the segmentation tasks
-  (or for any task when ``max_steps`` is given).
+* ``"reduced"``: meant for an evening on a Colab GPU (not measured there; the H100 times of
+  ``benchmarks/train_cost.py`` are on the book's cost page): GEO-Bench's ``0.10x_train``
+  partition for the classification tasks (the training split from the partition file;
+  validation and test splits unchanged, so that both protocols are evaluated on the same
+  images), and a fixed budget of optimizer steps (``max_steps``, default 1000) for the
+  segmentation tasks (or for any task when ``max_steps`` is given).
 """
 
 from __future__ import annotations
