@@ -1,7 +1,7 @@
 """Property-based checks of the deflection, Eq. (R6), over random shapes, scales and directions."""
 
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from deflect_min.deflection import deflect
@@ -32,5 +32,9 @@ def test_invariant_to_rescaling_the_untangled_update(shape, seed, factor):
     g = torch.Generator().manual_seed(seed)
     delta_u = torch.randn(shape, generator=g, dtype=torch.float64)
     delta_ref = torch.randn(shape, generator=g, dtype=torch.float64)
+    # invariance holds where both updates are above eps = 1e-4 |delta_ref| (the regular regime;
+    # a d = 1 token of N(0, 1) can fall below it once scaled down)
+    eps = 1e-4 * delta_ref.norm(dim=-1)
+    assume(bool((min(factor, 1.0) * delta_u.norm(dim=-1) > eps).all()))
     torch.testing.assert_close(deflect(factor * delta_u, delta_ref), deflect(delta_u, delta_ref),
                                rtol=1e-9, atol=1e-12)
