@@ -122,14 +122,20 @@ class _RunData(L.LightningDataModule):
     def test_dataloader(self) -> torch.utils.data.DataLoader:  # noqa: D102
         return self._unpadded("test")
 
+    def setup(self, stage: str) -> None:
+        """Under DDP, check both evaluation splits before anything trains."""
+        world = self.trainer.world_size
+        for split in ("val", "test"):
+            n = len(self.loaders[split].dataset)
+            if n < world:  # a process without a batch skips the evaluation and its collectives
+                raise ValueError(f"the {split} split has {n} samples for {world} processes: "
+                                 f"each process must evaluate at least one sample; use fewer "
+                                 f"devices.")
+
     def _unpadded(self, split: str) -> torch.utils.data.DataLoader:
         loader, world = self.loaders[split], self.trainer.world_size
         if world == 1:
             return loader
-        n = len(loader.dataset)
-        if n < world:  # a process without a batch skips the evaluation and its collectives
-            raise ValueError(f"the {split} split has {n} samples for {world} processes: each "
-                             f"process must evaluate at least one sample; use fewer devices.")
         sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=world,
                                                rank=self.trainer.global_rank, shuffle=False)
         return torch.utils.data.DataLoader(
