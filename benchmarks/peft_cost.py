@@ -22,6 +22,9 @@ registered in :data:`deflect_min.METHODS` (or those given with ``--methods``) an
   would count 0) -- the same convention as :mod:`deflect_min.budget`;
 * the tuned encoder parameters (the task head excluded).
 
+``--amp bf16`` (or ``fp16``, through a gradient scaler) runs the steps and the forward-only
+pass under autocast, as training on a GPU does.
+
 **Pairs run alternately.** Each method runs in its own subprocess, so that its peak memory is
 its own. The ``forward-only`` and ``peft-lora`` workers live through the whole run; each
 method's worker is started in turn, warmed up, then the three take one step each, in a
@@ -146,8 +149,10 @@ def make_step(model, name: str, x, y, *, optimizer: bool = True, amp: str = "non
 
     device = x.device.type
     dtype = getattr(torch, AMP_DTYPES[amp]) if AMP_DTYPES[amp] else None
-    autocast = lambda: (torch.autocast(device, dtype=dtype) if dtype is not None  # noqa: E731
-                        else contextlib.nullcontext())
+
+    def autocast():
+        return torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
+
     if name == FORWARD:
         def forward():
             with torch.no_grad(), autocast():

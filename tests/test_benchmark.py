@@ -139,20 +139,39 @@ def test_chunked_pixel_set_encoder_equals_one_pass():
 
 def test_train_cost_scenes_are_real_hls_and_projection_counts_every_pass(tmp_path):
     from deflect_min.data import HLSBurnScars
-    from deflect_min.data.hls_burn_scars import pangaea_train_val_split
-    from deflect_min.training.config import REDUCED_MAX_STEPS, TASK_EPOCHS
 
     train_cost.write_scenes(tmp_path, training=3, test=1, size=40)
     sample = HLSBurnScars(tmp_path, split="test")[0]
     assert sample["image"].shape == (6, 40, 40) and sample["mask"].shape == (40, 40)
-    assert len(HLSBurnScars(tmp_path, split="train")) + len(HLSBurnScars(tmp_path, split="val")) == 3
+    sizes = [len(HLSBurnScars(tmp_path, split=s)) for s in ("train", "val", "test")]
+    assert sizes == [2, 1, 1]
 
-    train, val = pangaea_train_val_split(train_cost.REAL_TRAINING)
-    per_epoch = len(train) // 8
-    reduced_epochs = math.ceil(REDUCED_MAX_STEPS / per_epoch)
-    step, image = 0.1, 0.25  # seconds
-    assert train_cost.projection(step, image, batch_size=8, protocol="reduced") == pytest.approx(
-        (REDUCED_MAX_STEPS * step + (reduced_epochs * len(val) + train_cost.REAL_TEST) * image) / 60)
-    epochs = TASK_EPOCHS["segmentation"]
-    assert train_cost.projection(step, image, batch_size=8, protocol="full") == pytest.approx(
-        (epochs * per_epoch * step + (epochs * len(val) + train_cost.REAL_TEST) * image) / 60)
+    # HLS Burn Scars: 486 train scenes (60 steps of 8), 54 val, 264 test. Reduced: 1000 steps,
+    # 17 epochs, 17 x 54 + 264 = 1182 evaluated images; full: 80 x 60 = 4800 steps, 4584 images
+    kw = dict(step_s=0.1, eval_s=0.25, epoch_s=2.0, batch_size=8)
+    assert train_cost.projection(**kw, protocol="reduced") == pytest.approx(
+        (1000 * 0.1 + 1182 * 0.25 + 17 * 2.0) / 60)
+    assert train_cost.projection(**kw, protocol="full") == pytest.approx(
+        (4800 * 0.1 + 4584 * 0.25 + 80 * 2.0) / 60)
+
+
+def test_train_cost_refuses_runs_too_short_to_time(capsys):
+    with pytest.raises(SystemExit):
+        train_cost.main(["--steps", "5", "--warmup", "0"])
+    assert "--steps + --warmup must be at least 27" in capsys.readouterr().err
+
+
+def test_train_cost_clock_times_every_step_image_and_epoch(tmp_path):
+    from deflect_min.training import smoke_config, train
+
+    # 10 training/ scenes: 9 train (4 steps of 2 per epoch) and 1 val; 2 test scenes (1 batch)
+    train_cost.write_scenes(tmp_path / "hls", training=10, test=2, size=32)
+    clock = train_cost.Clock(warmup=1)
+    train(smoke_config("hls-burn-scars", str(tmp_path / "hls"), epochs=4,
+                       work_dir=str(tmp_path / "runs")), callbacks=[clock])
+    assert len(clock.step) == 4 * 4 - 1  # all but the warm-up step
+    assert len(clock.step_with_data) == 4 * 3  # the steps after an epoch's first
+    assert len(clock.eval_per_image) == 4 + 1  # a validation batch every epoch, a test batch
+    assert len(clock.epoch_overhead) == 2  # epochs 1 and 2 (epoch 0 warms up, 3 ends the run)
+    times = clock.step + clock.step_with_data + clock.eval_per_image + clock.epoch_overhead
+    assert all(t > 0 for t in times)
