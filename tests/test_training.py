@@ -175,14 +175,20 @@ def test_resume_refuses_other_settings(runs, tmp_path) -> None:
         train(smoke_config("m-so2sat", str(GEOBENCH), resume=True, lr=1e-3, **kw))
 
 
+def _brick_kiln_copy(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """A writable copy of the brick-kiln fixture: (GEO-Bench root, task folder, its default
+    partition), for tests that write partition files."""
+    root = tmp_path / "geobench"
+    task = root / "classification_v1.0" / "m-brick-kiln"
+    shutil.copytree(GEOBENCH / "classification_v1.0" / "m-brick-kiln", task)
+    return root, task, json.loads((task / "default_partition.json").read_text())
+
+
 # ----------------------------------------------------------------------------- DDP
 def test_ddp_evaluates_every_sample_once(tmp_path) -> None:
     # the brick-kiln fixture's four samples for training, three for val and for test: splits
     # that two processes share unevenly (Lightning's default sampler pads them to four)
-    root = tmp_path / "geobench"
-    task = root / "classification_v1.0" / "m-brick-kiln"
-    shutil.copytree(GEOBENCH / "classification_v1.0" / "m-brick-kiln", task)
-    default = json.loads((task / "default_partition.json").read_text())
+    root, task, default = _brick_kiln_copy(tmp_path)
     names = sorted({n for split in default.values() for n in split})
     part = {"train": names, "valid": names[1:], "test": names[1:]}
     assert len(part["valid"]) % 2 == 1 and len(part["test"]) % 2 == 1
@@ -350,10 +356,7 @@ def test_config_rules_and_paths(tmp_path) -> None:
 
 
 def test_reduced_protocol_uses_geobench_partition(tmp_path) -> None:
-    root = tmp_path / "geobench"
-    task = root / "classification_v1.0" / "m-brick-kiln"
-    shutil.copytree(GEOBENCH / "classification_v1.0" / "m-brick-kiln", task)
-    default = json.loads((task / "default_partition.json").read_text())
+    root, task, default = _brick_kiln_copy(tmp_path)
     part = {"train": default["train"][:1], "valid": [], "test": []}
     (task / "0.10x_train_partition.json").write_text(json.dumps(part))
     cfg = smoke_config("m-brick-kiln", str(root), protocol="reduced", batch_size=1,
