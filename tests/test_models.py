@@ -118,7 +118,8 @@ def test_random_init_real_architectures_on_meta(name):
     assert not card.pretrained and "random" in card.weights
     assert isinstance(model.head, nn.Identity)  # num_classes=0
     expected = {"scalemae": (1024, 24, 16), "cross_scale_mae_base": (768, 12, 16),
-                "cross_scale_mae_large": (1024, 24, 16), "dino_mc": (384, 12, 8)}[name]
+                "cross_scale_mae_large": (1024, 24, 16), "dino_mc": (384, 12, 8),
+                "dinov2_vits14_imgfocus": (384, 12, 14)}[name]
     assert (card.embed_dim, card.depth, card.patch_size) == expected
     assert len(card.default_taps) == 4 and max(card.default_taps) == card.depth - 1
 
