@@ -9,7 +9,9 @@ Reads ``_toc.yml`` and ``_build/html`` and checks that
   ``remove-output`` or ``remove-cell``), so that no saved figure is lost in the build;
 * every notebook page shows rendered math (MathJax markup: ``class="math``, ``\\(`` or ``\\[``)
   and loads MathJax;
-* every local image a page points to exists in the build.
+* every local image a page points to exists in the build;
+* no entry of the sidebar (the navigation built from the pages' titles) holds a backslash or a
+  ``$``: a title with LaTeX shows there as raw source, so titles must be plain text.
 
 Usage::
 
@@ -43,6 +45,9 @@ _ARTICLE = re.compile(r"<article\b.*?</article>", re.DOTALL | re.IGNORECASE)
 _IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _SRC = re.compile(r"""\bsrc\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
 _MATHJAX = re.compile(r"<script\b[^>]*mathjax", re.IGNORECASE)
+_SIDEBAR = re.compile(r"<nav\b[^>]*\bbd-docs-nav\b.*?</nav>", re.DOTALL | re.IGNORECASE)
+_LINK = re.compile(r"<a\b[^>]*>(.*?)</a>", re.DOTALL | re.IGNORECASE)
+_TAG = re.compile(r"<[^>]+>")
 
 #: MIME types of notebook outputs that the book renders as an ``<img>``.
 FIGURE_MIME_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
@@ -132,6 +137,14 @@ def loads_mathjax(html: str) -> bool:
     return _MATHJAX.search(html) is not None
 
 
+def sidebar_titles(html: str) -> list[str]:
+    """The text of each link in the page's sidebar (the theme's ``bd-docs-nav``), tags removed."""
+    match = _SIDEBAR.search(html)
+    if not match:
+        return []
+    return [" ".join(_TAG.sub("", link).split()) for link in _LINK.findall(match.group(0))]
+
+
 def missing_images(html: str, page: Path, html_root: Path) -> list[str]:
     """Local image sources of the page's article that do not exist in the build."""
     missing = []
@@ -160,12 +173,18 @@ def check_book(root: Path, html_root: Path, toc_path: Path | None = None) -> lis
     if not entries:
         return [f"{toc_path}: no pages found in the table of contents"]
     problems = []
+    raw_titles: set[str] = set()
     for entry in entries:
         page = html_root / f"{entry}.html"
         if not page.is_file():
             problems.append(f"{entry}: not built (no {page.relative_to(html_root).as_posix()})")
             continue
         html = page.read_text(encoding="utf-8", errors="replace")
+        for title in sidebar_titles(html):
+            if ("\\" in title or "$" in title) and title not in raw_titles:
+                raw_titles.add(title)
+                problems.append(f"sidebar entry '{title}' shows raw LaTeX: give that page a "
+                                "plain-text title (keep the math in its first paragraph)")
         for src in missing_images(html, page, html_root):
             problems.append(f"{entry}: image {src} is missing from the build")
         if is_notebook_page(entry):

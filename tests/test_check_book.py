@@ -256,3 +256,28 @@ def test_main_without_build_exits_2(tmp_path, capsys):
     (tmp_path / "_toc.yml").write_text(TOC)
     assert check_book.main(["--root", str(tmp_path)]) == 2
     assert "run `jupyter-book build . -W` first" in capsys.readouterr().err
+
+
+def sidebar(*titles: str) -> str:
+    """The theme's sidebar as sphinx-book-theme writes it (one link per page title)."""
+    links = "".join(f'<li class="toctree-l1"><a class="reference internal" href="x.html">{t}</a></li>'
+                    for t in titles)
+    return (f'<nav class="bd-links bd-docs-nav" aria-label="Main"><ul class="nav bd-sidenav">'
+            f"{links}</ul></nav>")
+
+
+def test_sidebar_titles_with_latex_are_reported_once(tmp_path):
+    latex = ('1. The embedding decomposition <span class="math notranslate nohighlight">'
+             '\\(\\mathbf{x} = \\mathbf{x}_P\\)</span>')
+    nav = sidebar("The method", latex, "Costs in $")
+    pages = {name: html.replace("<body>", f"<body>{nav}") for name, html in all_pages().items()}
+    problems = check_book.check_book(tmp_path, make_book(tmp_path, pages))
+    assert len(problems) == 2  # each raw title once, not once per page
+    assert "\\(\\mathbf{x}" in problems[0] and "plain-text title" in problems[0]
+    assert "Costs in $" in problems[1]
+
+
+def test_plain_sidebar_titles_pass(tmp_path):
+    nav = sidebar("The method", "1. The embedding decomposition: x = x<sub>P</sub> + x<sub>A</sub>")
+    pages = {name: html.replace("<body>", f"<body>{nav}") for name, html in all_pages().items()}
+    assert check_book.check_book(tmp_path, make_book(tmp_path, pages)) == []
