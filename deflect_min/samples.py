@@ -1,11 +1,16 @@
-"""Real Sentinel-2 sample patches: 30 labelled BigEarthNet patches shipped in ``data/``.
+"""Real Sentinel-2 sample patches: 60 labelled BigEarthNet patches shipped in ``data/``.
 
 The walkthrough notebooks and the tests run on real data rather than random tensors. The file
-``data/bigearthnet_samples.npz`` holds **30 real BigEarthNet Sentinel-2 L2A patches** (1.2 km x
+``data/bigearthnet_samples.npz`` holds **60 real BigEarthNet Sentinel-2 L2A patches** (1.2 km x
 1.2 km, 120 x 120 px at 10 m), taken from two registry packages by ``data/make_samples.py``:
 
 * 24 BigEarthNet v2 (reBEN) patches, from the LMDB of safetensors in ``configilm`` 0.7.1;
-* 6 BigEarthNet-S2 v1.0 patches, from the GeoTIFF example archive in ``bigearthnet-common`` 2.8.0.
+* 6 BigEarthNet-S2 v1.0 patches, from the GeoTIFF example archive in ``bigearthnet-common`` 2.8.0;
+* 30 BigEarthNet-S2 v1.0 patches, from the LMDB of pickles in ``configilm`` 0.7.1, read with a
+  restricted unpickler (:mod:`deflect_min.safe_pickle`) that runs none of the pickled code.
+
+``load_samples()`` returns the 30 patches of the first two sources (``subset="walkthrough"``, the
+set the walkthrough notebooks were written on); ``load_samples(subset="all")`` returns all 60.
 
 Each patch has the 12 bands BigEarthNet keeps (``S2_B01`` ... ``S2_B12`` in wavelength order;
 the cirrus band ``S2_B10`` is absent, as in BigEarthNet). The file stores each band at its
@@ -39,6 +44,7 @@ __all__ = [
     "BEN19_CLASSES",
     "BEN43_TO_BEN19",
     "SAMPLES_PATH",
+    "SUBSETS",
     "BigEarthNetSamples",
     "ben43_to_ben19",
     "load_samples",
@@ -211,9 +217,20 @@ def _upsample(x: torch.Tensor, *, size: int, mode: str) -> torch.Tensor:
                          align_corners=None if mode == "nearest" else False)
 
 
-def load_samples(path: str | Path | None = None, *, resample: str = "bilinear"
-                 ) -> BigEarthNetSamples:
+#: ``load_samples`` subsets: the sources each one takes from the sample file.
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "walkthrough": ("BENv2 via configilm 0.7.1", "BENv1 via bigearthnet-common 2.8.0"),
+    "all": ("BENv2 via configilm 0.7.1", "BENv1 via bigearthnet-common 2.8.0",
+            "BENv1 via configilm 0.7.1"),
+}
+
+
+def load_samples(path: str | Path | None = None, *, resample: str = "bilinear",
+                 subset: str = "walkthrough") -> BigEarthNetSamples:
     """Load the BigEarthNet sample patches (default: ``data/bigearthnet_samples.npz``).
+
+    ``subset="walkthrough"`` (default) gives the 30 patches the walkthrough notebooks use,
+    ``"all"`` all 60 (see :data:`SUBSETS`), in patch-id order.
 
     The 20 m bands (60 x 60 px) and 60 m bands (20 x 20 px) are upsampled to the 10 m grid
     (120 x 120 px). ``resample="bilinear"`` (default) uses ``align_corners=False``, so each
@@ -224,6 +241,8 @@ def load_samples(path: str | Path | None = None, *, resample: str = "bilinear"
     """
     if resample not in ("bilinear", "nearest"):
         raise ValueError(f"resample must be 'bilinear' or 'nearest', got {resample!r}.")
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {list(SUBSETS)}, got {subset!r}.")
     path = SAMPLES_PATH if path is None else Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -241,16 +260,26 @@ def load_samples(path: str | Path | None = None, *, resample: str = "bilinear"
             group_names += _strings(f[f"bands_{group}"])
         # (n, c, h, w), bands back in wavelength order
         reflectance = torch.cat(groups, dim=1)[:, [group_names.index(b) for b in band_names]]
+        source = _strings(f["source"])
+        keep = [i for i, s in enumerate(source) if s in SUBSETS[subset]]
+
+        def rows(key: str) -> list[str]:
+            values = _strings(f[key])
+            return [values[i] for i in keep]
+
+        def flags(key: str) -> torch.Tensor:
+            return torch.from_numpy(f[key].astype(bool)[keep])
+
         return BigEarthNetSamples(
-            reflectance=reflectance.contiguous(),
+            reflectance=reflectance[keep].contiguous(),
             band_names=band_names,
-            patch_ids=_strings(f["patch_ids"]),
-            labels=torch.from_numpy(f["labels"].astype(bool)),
+            patch_ids=rows("patch_ids"),
+            labels=flags("labels"),
             class_names=_strings(f["class_names"]),
-            country=_strings(f["country"]),
-            date=_strings(f["date"]),
-            source=_strings(f["source"]),
-            split=_strings(f["split"]),
-            seasonal_snow=torch.from_numpy(f["seasonal_snow"].astype(bool)),
-            cloud_or_shadow=torch.from_numpy(f["cloud_or_shadow"].astype(bool)),
+            country=rows("country"),
+            date=rows("date"),
+            source=rows("source"),
+            split=rows("split"),
+            seasonal_snow=flags("seasonal_snow"),
+            cloud_or_shadow=flags("cloud_or_shadow"),
         )

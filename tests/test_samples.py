@@ -50,7 +50,8 @@ def test_reflectance_is_plausible_l2a(samples):
     assert x[:, b08].median() > 2 * x[:, b04].median()
 
 
-def test_resampling(samples):
+def test_resampling():
+    samples = load_samples(subset="all")  # the file's every row, in its order
     stored = np.load(SAMPLES_PATH)
     b02, b05, b01 = (samples.band_names.index(b) for b in ("S2_B02", "S2_B05", "S2_B01"))
     # 10 m bands are the stored values, unchanged
@@ -62,7 +63,7 @@ def test_resampling(samples):
     assert up.min() >= native_20m.min() and up.max() <= native_20m.max()
     torch.testing.assert_close(up.mean(), native_20m.mean(), rtol=1e-3, atol=0)
     # nearest repeats each 20 m pixel over 2 x 2 and each 60 m pixel over 6 x 6 pixels
-    nearest = load_samples(resample="nearest").reflectance
+    nearest = load_samples(resample="nearest", subset="all").reflectance
     torch.testing.assert_close(nearest[:, b05, ::2, ::2], native_20m)
     native_60m = torch.from_numpy(stored["reflectance_x1e4_60m"][:, 0].astype(np.float32)) / 1e4
     torch.testing.assert_close(nearest[:, b01, 5::6, 5::6], native_60m)
@@ -115,8 +116,31 @@ def test_43_to_19_mapping():
         ben43_to_ben19(["Forest"])
 
 
+def test_all_sixty_patches_and_the_walkthrough_subset(samples):
+    every = load_samples(subset="all")
+    assert len(every) == 60 and every.patch_ids == sorted(every.patch_ids)
+    assert len(set(every.patch_ids)) == 60  # no patch in two sources (make_samples checks v1 names)
+    assert every.source.count("BENv1 via configilm 0.7.1") == 30
+    # the walkthrough subset is exactly the other 30 rows, in the same order
+    rows = [i for i, s in enumerate(every.source) if s != "BENv1 via configilm 0.7.1"]
+    assert [every.patch_ids[i] for i in rows] == samples.patch_ids
+    torch.testing.assert_close(every.reflectance[rows], samples.reflectance, rtol=0, atol=0)
+    assert torch.equal(every.labels[rows], samples.labels)
+    # configilm's BENv1 pickles: 12 bands of plausible L2A reflectance and 19-class labels
+    v1 = [i for i, s in enumerate(every.source) if s == "BENv1 via configilm 0.7.1"]
+    assert every.labels[v1].any(dim=1).all()
+    b04, b08 = (every.band_names.index(b) for b in ("S2_B04", "S2_B08"))
+    assert 0 <= every.reflectance[v1].min() and every.reflectance[v1].max() < 2.0
+    assert every.reflectance[v1][:, b08].median() > every.reflectance[v1][:, b04].median()
+    # the first pickle in the LMDB (S2A_MSIL2A_20170613T101031_39_24) is labelled 'Sea and ocean'
+    i = every.patch_ids.index("S2A_MSIL2A_20170613T101031_39_24")
+    assert every.labels_of(i) == ["Marine waters"] and every.country[i] == "Finland"
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"python data/make_samples\.py"):
         load_samples(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="resample"):
         load_samples(resample="bicubic")
+    with pytest.raises(ValueError, match="subset must be one of"):
+        load_samples(subset="everything")
