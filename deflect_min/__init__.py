@@ -6,7 +6,8 @@
 * :mod:`deflect_min.attention` -- untangled attention (uAtt)
 * :mod:`deflect_min.deflection` -- embedding deflection
 * :mod:`deflect_min.adaptation` -- ``adapt``: every method through one entry point
-* :mod:`deflect_min.baselines` -- Norm tuning, BitFit, LoRA, SLR; ``merge``
+* :mod:`deflect_min.methods` -- the registry of methods, each with a typed config
+* :mod:`deflect_min.baselines` -- the layers of Norm tuning, BitFit, LoRA, SLR; ``merge``
 * :mod:`deflect_min.budget` -- tuned parameters and GFLOPs of every method
 * :mod:`deflect_min.samples` -- 30 real BigEarthNet Sentinel-2 patches shipped in ``data/``
 * :mod:`deflect_min.data` -- the five benchmark datasets
@@ -16,7 +17,6 @@
 * :mod:`deflect_min.cli` -- the ``deflect-train`` and ``deflect-table`` commands
 """
 
-from . import baselines  # registers norm, bitfit, lora, slr
 from .adaptation import METHODS, adapt, default_layers
 from .baselines import input_adapter_parameters, merge
 from .bands import BANDS, SENSORS, resolve_bands, rgb_of
@@ -24,6 +24,8 @@ from .build import TASKS, GFMClassifier, GFMSegmenter, build_model
 from .budget import budget
 from .deflection import deflect
 from .heads import ClassificationHead, UPerNet
+from .methods import (BitFitConfig, DeflectConfig, DeflectLoraConfig, FrozenConfig, FullConfig,
+                      LoraConfig, MethodConfig, NormConfig, SLRConfig)
 from .models import GFM_NAMES, GFMCard, gfm_card, load_gfm
 from .samples import BEN19_CLASSES, BigEarthNetSamples, load_samples
 from .trace import trace
@@ -33,13 +35,22 @@ __all__ = [
     "BANDS",
     "BEN19_CLASSES",
     "BigEarthNetSamples",
+    "BitFitConfig",
     "ClassificationHead",
+    "DeflectConfig",
+    "DeflectLoraConfig",
+    "FrozenConfig",
+    "FullConfig",
     "GFMCard",
     "GFMClassifier",
     "GFMSegmenter",
     "GFM_NAMES",
+    "LoraConfig",
     "METHODS",
+    "MethodConfig",
+    "NormConfig",
     "SENSORS",
+    "SLRConfig",
     "TASKS",
     "UPerNet",
     "adapt",

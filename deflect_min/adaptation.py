@@ -16,34 +16,19 @@ and is never counted as a tuned encoder parameter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .attention import UntangledAttention
 from .bands import GFM_RGB, resolve_bands, rgb_of
-from .embedding import (BandStats, DecomposedPatchEmbed, NewParameters, SideStream,
-                        SpectralEmbedding, patch_size_of)
-from .indices import DEFAULT_INDICES
+from .embedding import BandStats, DecomposedPatchEmbed
+from .methods import METHODS, MethodConfig, config_of, default_layers
 
-__all__ = ["adapt", "METHODS", "register_method", "default_layers"]
-
-#: Adaptation methods by name; each adds or unfreezes what it tunes.
-METHODS: dict[str, Callable[..., None]] = {}
+__all__ = ["adapt", "METHODS", "default_layers"]
 
 
-def register_method(name: str):
-    """Register ``fn(vit, *, bands, rgb_bands, band_stats, **options)`` as method ``name``."""
-
-    def wrap(fn):
-        METHODS[name] = fn
-        return fn
-
-    return wrap
-
-
-def adapt(vit: nn.Module, method: str = "deflect", *, bands: Sequence[str],
+def adapt(vit: nn.Module, method: str | MethodConfig = "deflect", *, bands: Sequence[str],
           rgb_bands: Sequence[str] | None = None, band_stats: BandStats = None,
           **options) -> VisionTransformer:
     """Adapt an RGB-pretrained ViT to ``bands`` with ``method`` (in place; returns it).
@@ -51,20 +36,21 @@ def adapt(vit: nn.Module, method: str = "deflect", *, bands: Sequence[str],
     Args:
         vit: a timm ``VisionTransformer`` with a 3-channel patch embedding (torchgeo's
             ``ScaleMAE`` included).
-        method: one of :data:`METHODS` (``"deflect"``, ``"deflect+lora"``, ``"frozen"``,
-            ``"full"``, and the baselines ``"norm"``, ``"bitfit"``, ``"lora"``, ``"slr"``).
+        method: a name of :data:`METHODS` (``"deflect"``, ``"deflect+lora"``, ``"frozen"``,
+            ``"full"``, and the baselines ``"norm"``, ``"bitfit"``, ``"lora"``, ``"slr"``), or
+            its typed config (e.g. ``LoraConfig(rank=8)``, see :mod:`deflect_min.methods`).
         bands: sensor-qualified band names of the input, in channel order.
         rgb_bands: the (red, green, blue) bands in the model's pretraining order; found from
             the band roles when omitted.
         band_stats: per-band (mean, std) of the reflectance, applied inside the model; ``None``
             standardises nothing.
-        **options: the method's own settings (for DEFLECT: ``layers``, ``rank``, ``stream``,
-            ``deflect``, ``lora_rank``, ``lora_alpha``, ``indices``, ``eps_rel``; for the
-            baselines: ``input``, ``inflate_init``, and ``rank``, ``alpha`` (LoRA) or ``rank``,
-            ``patch_adapter`` (SLR), see :mod:`deflect_min.baselines`).
+        **options: the method's options when ``method`` is a name (they build its config; an
+            unknown one is an error that lists the method's options and defaults).
+
+    The model records what was done in ``vit.adaptation``: ``method``, ``bands``,
+    ``rgb_bands``, ``options`` (as given) and ``config`` (every option, as a JSON-ready dict).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods are {sorted(METHODS)}.")
+    config = config_of(method, **options)
     _check_vit(vit)
     _mark_unused_parameters(vit)
     band_list = [b.name for b in resolve_bands(bands)]
@@ -75,10 +61,12 @@ def adapt(vit: nn.Module, method: str = "deflect", *, bands: Sequence[str],
         raise ValueError(f"rgb_bands {list(rgb)} must be three of the input bands {band_list}; "
                          f"add them to `bands` or pass rgb_bands=None to find them by role.")
     vit.requires_grad_(False)
-    METHODS[method](vit, bands=band_list, rgb_bands=rgb, band_stats=band_stats, **options)
+    METHODS[config.method].apply(vit, config, bands=band_list, rgb_bands=rgb,
+                                 band_stats=band_stats)
     if isinstance(vit.head, nn.Module):
         vit.head.requires_grad_(True)
-    vit.adaptation = dict(method=method, bands=band_list, rgb_bands=rgb, options=dict(options))
+    vit.adaptation = dict(method=config.method, bands=band_list, rgb_bands=rgb,
+                          options=dict(options), config=config.to_dict())
     return vit
 
 
@@ -105,84 +93,3 @@ def _mark_unused_parameters(vit: nn.Module) -> None:
 
     if isinstance(vit, ScaleMAE) and vit.pos_embed is not None:
         vit.unused_parameters = ("pos_embed",)
-
-
-def default_layers(depth: int) -> list[int]:
-    """The first ``3/8`` of the blocks (ViT-L/16: 9 of 24, ViT-B and ViT-S: 4 of 12).
-
-    Reconstructed choice: the paper names the choice of layers as a sensitivity but its
-    setting was not available; this one gives about 0.2 % of ViT-L/16's parameters at rank 8.
-    """
-    return list(range(max(1, depth * 3 // 8)))
-
-
-def _rgb_only(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
-              inflate_init: str = "zeros") -> None:
-    """The baselines' input: the RGB bands, or all bands through an inflated patch embedding
-    (``input="inflated"``, see :func:`deflect_min.baselines.baseline_input`)."""
-    from .baselines import baseline_input  # baselines imports this module
-
-    baseline_input(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
-                   inflate_init=inflate_init)
-
-
-@register_method("frozen")
-def _frozen(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
-            inflate_init: str = "zeros") -> None:
-    """Frozen encoder: only the task head is trained (RGB bands unless ``input="inflated"``)."""
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
-              inflate_init=inflate_init)
-
-
-@register_method("full")
-def _full(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
-          inflate_init: str = "zeros") -> None:
-    """Full fine-tuning (the oracle): every encoder parameter the forward pass uses."""
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
-              inflate_init=inflate_init)
-    unused = set(getattr(vit, "unused_parameters", ()))
-    for name, p in vit.named_parameters():
-        p.requires_grad_(name not in unused)
-
-
-@register_method("deflect")
-def _deflect(vit, *, bands, rgb_bands, band_stats, layers: Sequence[int] | None = None,
-             rank: int = 8, stream: str = "dual", deflect: bool = True, lora_rank: int = 0,
-             lora_alpha: float | None = None, indices: tuple[str, ...] = DEFAULT_INDICES,
-             eps_rel: float = 1e-4) -> None:
-    """DEFLECT: x_A branch (Eqs. (R2)-(R3)) + uAtt (Eqs. (R4)-(R5)) + deflection (Eq. (R6))."""
-    depth = len(vit.blocks)
-    layers = default_layers(depth) if layers is None else sorted(set(int(i) for i in layers))
-    if not layers or layers[0] < 0 or layers[-1] >= depth:
-        raise ValueError(f"layers must be a non-empty list of block indices in [0, {depth - 1}], "
-                         f"got {layers}.")
-    if int(rank) != rank or rank <= 0:
-        raise ValueError(f"rank must be a positive integer (DEFLECT's default is 8), got {rank!r}.")
-    if stream not in ("dual", "single"):
-        raise ValueError(f"stream must be 'dual' (x_A as a side input of the adapted blocks) or "
-                         f"'single' (x = x_P + x_A at the input), got {stream!r}.")
-    like = dict(device=vit.patch_embed.proj.weight.device, dtype=vit.patch_embed.proj.weight.dtype)
-    side = SideStream()
-    spectral = SpectralEmbedding(bands=bands, patch_size=patch_size_of(vit.patch_embed),
-                                 dim=vit.embed_dim, indices=indices,
-                                 zero_init=stream == "single").to(**like)
-    vit.patch_embed = DecomposedPatchEmbed(rgb_embed=vit.patch_embed, bands=bands,
-                                           rgb_bands=rgb_bands, band_stats=band_stats,
-                                           spectral=spectral, stream=stream, side=side)
-    for i in layers:
-        block = vit.blocks[i]
-        block.attn = UntangledAttention(attn=block.attn, side=side, rank=rank, stream=stream,
-                                        lora_rank=lora_rank, lora_alpha=lora_alpha,
-                                        deflect=deflect, eps_rel=eps_rel).to(**like)
-    for module in vit.modules():  # what DEFLECT added; the wrapped pretrained attention stays frozen
-        if isinstance(module, NewParameters):
-            module.requires_grad_(True)
-
-
-@register_method("deflect+lora")
-def _deflect_lora(vit, *, lora_rank: int = 8, **options) -> None:
-    """DEFLECT with LoRA updates of W_Q and W_V inside uAtt ("combined with low-rank updates")."""
-    if int(lora_rank) != lora_rank or lora_rank <= 0:
-        raise ValueError(f"lora_rank must be a positive integer (default 8), got {lora_rank!r}; "
-                         f"for DEFLECT without LoRA use method='deflect'.")
-    _deflect(vit, lora_rank=lora_rank, **options)

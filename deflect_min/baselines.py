@@ -10,7 +10,8 @@ method                  tuned encoder parameters (the task head is never counted
 ``slr``                 scaled low-rank adapters on the same layers + every LayerNorm (GDA's SLR)
 ======================  ======================================================================
 
-(``frozen`` and ``full`` live in :mod:`deflect_min.adaptation`.)
+This module holds the layers; :mod:`deflect_min.methods` holds each method's typed config and
+the function that applies it (``frozen`` and ``full`` included).
 
 **Input.** By default a baseline sees the three RGB bands of the C-band input, as an
 RGB-pretrained encoder does in PANGAEA; only DEFLECT reads the other bands. With
@@ -38,13 +39,12 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
-from .adaptation import _rgb_only, register_method
 from .attention import LowRank, UntangledAttention
 from .embedding import BandStats, DecomposedPatchEmbed, NewParameters
 
 __all__ = ["TARGETS", "INPUTS", "INFLATE_INITS", "LoRALinear", "SLRAdapter", "SLRLinear",
-           "SLRPatchAdapter", "InflatedConv", "InflatedPatchEmbed", "input_adapter_parameters",
-           "merge"]
+           "SLRPatchAdapter", "InflatedConv", "InflatedPatchEmbed", "baseline_input",
+           "input_adapter_parameters", "merge", "wrap_targets"]
 
 #: The linear layers that LoRA and SLR adapt, matched against the full module name. A bare
 #: ``proj`` would also match ``patch_embed.proj``; inside an untangled attention the paths are
@@ -54,14 +54,6 @@ TARGETS = re.compile(r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])")
 INPUTS = ("rgb", "inflated")
 #: Values of ``inflate_init``: how the kernels of the bands beyond RGB start.
 INFLATE_INITS = ("zeros", "repeat", "random")
-
-
-def _check_rank(rank, name: str = "rank") -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or int(rank) != rank \
-            or rank <= 0:
-        raise ValueError(f"{name} must be a positive integer (valid choices: 1, 2, ..., e.g. 4, 8 "
-                         f"or 16), got {rank!r}.")
-    return int(rank)
 
 
 # ---- input: RGB bands only, or all bands through an inflated patch embedding ---------------
@@ -287,29 +279,10 @@ class SLRPatchAdapter(nn.Module):
         return self.base
 
 
-# ---- registration ----------------------------------------------------------------------------
+# ---- wrapping the target layers ------------------------------------------------------------
 
-def _encoder_parameters(vit: nn.Module):
-    """``(name, module, parameter)`` of the pretrained encoder (no head, no added parameters,
-    nothing listed in ``vit.unused_parameters``)."""
-    unused = set(getattr(vit, "unused_parameters", ()))
-    new = {id(p) for m in vit.modules() if isinstance(m, NewParameters) for p in m.parameters()}
-    for mod_name, module in vit.named_modules():
-        if mod_name == "head" or mod_name.startswith("head."):
-            continue
-        for p_name, p in module.named_parameters(recurse=False):
-            name = f"{mod_name}.{p_name}" if mod_name else p_name
-            if id(p) not in new and name not in unused:
-                yield name, module, p
-
-
-def _unfreeze_layer_norms(vit: nn.Module) -> None:
-    for _, module, p in _encoder_parameters(vit):
-        if isinstance(module, nn.LayerNorm):
-            p.requires_grad_(True)
-
-
-def _wrap_targets(vit: nn.Module, wrap) -> None:
+def wrap_targets(vit: nn.Module, wrap) -> None:
+    """Replace every linear layer that :data:`TARGETS` matches by ``wrap(linear)``."""
     targets = [(n, m) for n, m in vit.named_modules()
                if TARGETS.fullmatch(n) and isinstance(m, nn.Linear)]
     if not targets:
@@ -318,63 +291,6 @@ def _wrap_targets(vit: nn.Module, wrap) -> None:
     for name, linear in targets:
         parent, child = name.rsplit(".", 1)
         setattr(vit.get_submodule(parent), child, wrap(linear))
-
-
-@register_method("norm")
-def _norm(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
-          inflate_init: str = "zeros") -> None:
-    """Norm tuning (Zhao et al. 2024): LayerNorm weights and biases."""
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
-              inflate_init=inflate_init)
-    _unfreeze_layer_norms(vit)
-
-
-@register_method("bitfit")
-def _bitfit(vit, *, bands, rgb_bands, band_stats, input: str = "rgb",
-            inflate_init: str = "zeros") -> None:
-    """BitFit (Ben Zaken et al. 2022): every bias of the encoder."""
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
-              inflate_init=inflate_init)
-    for name, _, p in _encoder_parameters(vit):
-        if name.rsplit(".", 1)[-1] == "bias":
-            p.requires_grad_(True)
-
-
-@register_method("lora")
-def _lora(vit, *, bands, rgb_bands, band_stats, rank: int = 16, alpha: float | None = None,
-          input: str = "rgb", inflate_init: str = "zeros") -> None:
-    """LoRA (Hu et al. 2021) on qkv, proj, fc1, fc2 of every block; scale alpha / rank."""
-    rank = _check_rank(rank)
-    if alpha is not None and not alpha > 0:
-        raise ValueError(f"alpha must be a positive number (or None for alpha = rank), "
-                         f"got {alpha!r}.")
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
-              inflate_init=inflate_init)
-    _wrap_targets(vit, lambda linear: LoRALinear(base=linear, rank=rank, alpha=alpha))
-    for m in vit.modules():
-        if isinstance(m, LoRALinear):
-            m.lora.requires_grad_(True)
-
-
-@register_method("slr")
-def _slr(vit, *, bands, rgb_bands, band_stats, rank: int = 16, patch_adapter: bool = False,
-         input: str = "rgb", inflate_init: str = "zeros") -> None:
-    """SLR (Scheibenreif et al. 2024, GDA code) on qkv, proj, fc1, fc2 + every LayerNorm."""
-    rank = _check_rank(rank)
-    _rgb_only(vit, bands=bands, rgb_bands=rgb_bands, band_stats=band_stats, input=input,
-              inflate_init=inflate_init)
-    _wrap_targets(vit, lambda linear: SLRLinear(base=linear, rank=rank))
-    _unfreeze_layer_norms(vit)
-    for m in vit.modules():
-        if isinstance(m, SLRLinear):
-            m.slr.requires_grad_(True)
-    if patch_adapter:
-        embed = vit.patch_embed.rgb_embed
-        patch = embed.patch_size if isinstance(embed.patch_size, int) else embed.patch_size[0]
-        embed.proj = SLRPatchAdapter(base=embed.proj, in_channels=len(vit.patch_embed.input_index)
-                                     if input == "inflated" else 3, dim=vit.embed_dim,
-                                     patch_size=patch, rank=rank)
-        embed.proj.adapter.requires_grad_(True)
 
 
 # ---- merge -----------------------------------------------------------------------------------

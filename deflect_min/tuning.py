@@ -7,7 +7,8 @@ from torch import nn
 
 from .embedding import NewParameters
 
-__all__ = ["encoder_of", "count_parameters", "peft_state_dict", "load_peft_state_dict"]
+__all__ = ["encoder_of", "encoder_parameters", "count_parameters", "peft_state_dict",
+           "load_peft_state_dict"]
 
 
 def encoder_of(model: nn.Module) -> tuple[nn.Module, str]:
@@ -19,6 +20,21 @@ def encoder_of(model: nn.Module) -> tuple[nn.Module, str]:
     if hasattr(model, "encoder") and isinstance(model.encoder, nn.Module):
         return model.encoder, "head."
     return model, "head."
+
+
+def encoder_parameters(vit: nn.Module):
+    """``(name, module, parameter)`` of the pretrained encoder: no task head, no parameter an
+    adaptation method added (:class:`~deflect_min.embedding.NewParameters`), nothing listed in
+    ``vit.unused_parameters``. What the baselines choose their tuned parameters from."""
+    unused = set(getattr(vit, "unused_parameters", ()))
+    new = {id(p) for m in vit.modules() if isinstance(m, NewParameters) for p in m.parameters()}
+    for mod_name, module in vit.named_modules():
+        if mod_name == "head" or mod_name.startswith("head."):
+            continue
+        for p_name, p in module.named_parameters(recurse=False):
+            name = f"{mod_name}.{p_name}" if mod_name else p_name
+            if id(p) not in new and name not in unused:
+                yield name, module, p
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -272,7 +272,7 @@ def test_unknown_method_lists_the_valid_ones():
 @pytest.mark.parametrize("method", ["lora", "slr"])
 @pytest.mark.parametrize("rank", [0, -4, 2.5, "8"])
 def test_bad_rank(method, rank):
-    with pytest.raises(ValueError, match=r"rank must be a positive integer \(valid choices"):
+    with pytest.raises(ValueError, match=r"rank must be a positive integer \(e.g. 4, 8 or 16\)"):
         dm.adapt(_vit(), method, bands=S2_7, rank=rank)
 
 

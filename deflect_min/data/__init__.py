@@ -11,6 +11,7 @@ models need.
 
 from ._common import BenchmarkDataset, DataNotFoundError, UnreadableFileError
 from ._download import ChecksumError, CorruptArchiveError
+from .catalogue import DATASETS
 from .geobench import GeoBenchClassification, MBrickKiln, MForestNet, MSo2Sat
 from .hls_burn_scars import HLSBurnScars
 from .loaders import (
@@ -24,14 +25,6 @@ from .loaders import (
 from .mados import MADOS
 
 #: Name -> class, for configuration files and notebooks.
-DATASETS = {
-    "m-so2sat": MSo2Sat,
-    "m-brick-kiln": MBrickKiln,
-    "m-forestnet": MForestNet,
-    "hls-burn-scars": HLSBurnScars,
-    "mados": MADOS,
-}
-
 __all__ = [
     "BenchmarkDataset",
     "CenterCrop",

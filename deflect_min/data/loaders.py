@@ -32,6 +32,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import Compose  # applies sample-dict transforms in order
 
+from .catalogue import DATASETS
+
 __all__ = ["Resize", "RandomCrop", "CenterCrop", "Standardize", "Compose", "make_dataloaders",
            "sliding_window_logits"]
 
@@ -151,8 +153,6 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
         splits: which loaders to build.
         **loader_kwargs: extra ``DataLoader`` arguments (``pin_memory`` ...).
     """
-    from . import DATASETS
-
     if isinstance(dataset, str):
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; valid names are {list(DATASETS)}.")
