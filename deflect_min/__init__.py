@@ -18,6 +18,7 @@
 """
 
 from .adaptation import METHODS, adapt, default_layers
+from .adapters import load_adapter, save_adapter
 from .baselines import input_adapter_parameters, merge
 from .bands import BANDS, SENSORS, resolve_bands, rgb_of
 from .build import TASKS, GFMClassifier, GFMSegmenter, build_model
@@ -61,12 +62,14 @@ __all__ = [
     "deflect",
     "gfm_card",
     "input_adapter_parameters",
+    "load_adapter",
     "load_gfm",
     "load_peft_state_dict",
     "load_samples",
     "merge",
     "peft_state_dict",
     "resolve_bands",
+    "save_adapter",
     "rgb_of",
     "trace",
 ]

@@ -19,11 +19,6 @@ TASKS = ("classification", "segmentation")
 _ALIASES = {"cls": "classification", "classif": "classification", "seg": "segmentation"}
 
 
-def _plain_count(module: nn.Module) -> tuple[int, int]:
-    ps = list(module.parameters())
-    return sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps)
-
-
 class _GFMTaskModel(nn.Module):
     encoder: nn.Module
     head: nn.Module
@@ -33,7 +28,8 @@ class _GFMTaskModel(nn.Module):
         from deflect_min.tuning import count_parameters
 
         et, en = count_parameters(self.encoder)  # pretrained total; added adapter params tuned
-        ht, hn = _plain_count(self.head)
+        ht = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        hn = sum(p.numel() for p in self.head.parameters())
         return {"encoder_tuned": et, "encoder_total": en, "head_tuned": ht, "head_total": hn}
 
 
@@ -142,9 +138,15 @@ def build_model(
         head = ClassificationHead(embed_dim=embed_dim, num_classes=num_classes,
                                   num_prefix_tokens=getattr(encoder, "num_prefix_tokens", 1),
                                   **head_kwargs)
-        return GFMClassifier(encoder=encoder, head=head)
+        model = GFMClassifier(encoder=encoder, head=head)
+        model.build_spec = dict(task=task, num_classes=num_classes, head_kwargs=head_kwargs)
+        return model
     if taps is None:
         card = getattr(encoder, "gfm_card", None)
         taps = card.default_taps if card is not None else default_taps(len(encoder.blocks))
     head = UPerNet(embed_dim=embed_dim, num_classes=num_classes, **head_kwargs)
-    return GFMSegmenter(encoder=encoder, head=head, taps=taps)
+    model = GFMSegmenter(encoder=encoder, head=head, taps=taps)
+    # what save_adapter records to rebuild the head (deflect_min.adapters)
+    model.build_spec = dict(task=task, num_classes=num_classes, taps=list(model.taps),
+                            head_kwargs=head_kwargs)
+    return model

@@ -1,4 +1,12 @@
-"""Bookkeeping of tuned parameters: counting them and saving only them."""
+"""Bookkeeping of tuned parameters: the one place that says which parameters a method tunes,
+which it added, and which tensors an adapter saves.
+
+* trainable: ``requires_grad`` (set by each method's ``apply``, :mod:`deflect_min.methods`);
+* added ("new"): under a :class:`~deflect_min.embedding.NewParameters` module;
+* saved in an adapter (:func:`adapter_state_dict`): the trainable parameters, and the persistent
+  buffers of the task head and of every module that owns a trainable parameter (e.g. UPerNet's
+  BatchNorm running statistics).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,8 @@ from torch import nn
 
 from .embedding import NewParameters
 
-__all__ = ["encoder_of", "encoder_parameters", "count_parameters", "peft_state_dict",
-           "load_peft_state_dict"]
+__all__ = ["encoder_of", "encoder_parameters", "count_parameters", "adapter_state_dict",
+           "peft_state_dict", "load_peft_state_dict"]
 
 
 def encoder_of(model: nn.Module) -> tuple[nn.Module, str]:
@@ -59,23 +67,43 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return tuned, total
 
 
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter consists of, by state-dict name, sharing the model's storage.
+
+    Every trainable parameter, plus the persistent buffers of the task head and of each module
+    that directly owns a trainable parameter (BatchNorm statistics, ...).
+    """
+    _, head = encoder_of(model)
+    out: dict[str, torch.Tensor] = {}
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        params = dict(module.named_parameters(recurse=False))
+        trainable = {n: p for n, p in params.items() if p.requires_grad}
+        out.update({prefix + n: p.detach() for n, p in trainable.items()})
+        if trainable or prefix.startswith(head):  # head: "head." of the model's own head
+            persistent = set(module.state_dict(keep_vars=True).keys()) - set(params)
+            out.update({prefix + n: b.detach() for n, b in module.named_buffers(recurse=False)
+                        if n in persistent})
+    return out
+
+
 def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the tuned tensors (``requires_grad``; the task head included): a few MB."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """A copy of :func:`adapter_state_dict`: the tuned tensors and the buffers they need."""
+    return {n: t.clone() for n, t in adapter_state_dict(model).items()}
 
 
 def load_peft_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load tensors saved by :func:`peft_state_dict` into a model adapted the same way."""
-    params = dict(model.named_parameters())
-    tuned = {n for n, p in params.items() if p.requires_grad}
-    missing, unexpected = sorted(tuned - state_dict.keys()), sorted(state_dict.keys() - tuned)
+    target = adapter_state_dict(model)
+    missing = sorted(target.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - target.keys())
     if missing or unexpected:
         raise ValueError(f"this state dict does not fit the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}; adapt the model with the same method, "
                          f"bands and options as the one that was saved.")
     with torch.no_grad():
         for name, tensor in state_dict.items():
-            if params[name].shape != tensor.shape:
+            if target[name].shape != tensor.shape:
                 raise ValueError(f"{name}: saved shape {tuple(tensor.shape)} differs from the "
-                                 f"model's {tuple(params[name].shape)}.")
-            params[name].copy_(tensor)
+                                 f"model's {tuple(target[name].shape)}.")
+            target[name].copy_(tensor)
