@@ -16,7 +16,6 @@ GELU, the spectral indices) is not counted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import pandas as pd
 import timm
@@ -41,16 +40,6 @@ S2_10 = ("S2_B02", "S2_B03", "S2_B04", "S2_B05", "S2_B06", "S2_B07", "S2_B08", "
          "S2_B11", "S2_B12")
 
 
-@contextmanager
-def _shape_only(model: torch.nn.Module):
-    """Skip the input's value checks (NaN, inf), which cannot run on meta tensors."""
-    model.patch_embed.check_input = lambda x: None  # an instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del model.patch_embed.check_input
-
-
 def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Forward GFLOPs per image of ``model`` on the meta tensor ``x``."""
     # On the meta device F.scaled_dot_product_attention has no fused kernel and decomposes
@@ -60,7 +49,7 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     # and would count as 0, hiding exactly DEFLECT's extra attention: never count there.
     if x.device.type != "meta":
         raise ValueError("count FLOPs on the meta device (see the comment above).")
-    with _shape_only(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops() / x.shape[0] / 1e9
 

@@ -241,6 +241,8 @@ class DecomposedPatchEmbed(nn.Module):
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size "
                              f"{p}; crop or resize it (e.g. to {p * (x.shape[-1] // p)} px).")
+        if x.is_meta:  # shapes only (FLOP counting): there are no values to check
+            return
         if not torch.isfinite(x).all():
             raise ValueError("the input holds NaN or inf values; fill nodata pixels with a finite "
                              "value (e.g. 0) and mask them out of the loss.")

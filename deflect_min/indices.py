@@ -1,9 +1,10 @@
 """Spectral indices from the Awesome Spectral Indices catalogue, computed safely on tensors.
 
 The formulas come from `spyndex` (Montero et al. 2023), not from hand-written expressions.
-Each formula is parsed once and every division ``a / b`` is rewritten into a guarded division
-whose denominator is kept at least ``eps`` away from zero, so zero-filled nodata pixels give
-finite values and finite gradients. Results are clamped to ``[-1, 1]`` (all default indices are
+Each formula is parsed once into a tree of arithmetic (``+ - * / **``, numbers and band roles;
+anything else is refused) and evaluated from that tree, never with ``eval``. Every division
+``a / b`` is guarded: its denominator is kept at least ``eps`` away from zero, so zero-filled
+nodata pixels give finite values and finite gradients. Results are clamped to ``[-1, 1]`` (all default indices are
 normalised differences).
 
 Axis names used in this module: ``b`` batch, ``c`` band, ``k`` index, ``h w`` pixels.
@@ -12,6 +13,7 @@ Axis names used in this module: ``b`` batch, ``c`` band, ``k`` index, ``h w`` pi
 from __future__ import annotations
 
 import ast
+import operator
 
 import spyndex
 import torch
@@ -47,19 +49,26 @@ def available_indices(bands: list[str], names: tuple[str, ...] = DEFAULT_INDICES
     ]
 
 
-class _GuardDivisions(ast.NodeTransformer):
-    """Rewrite ``a / b`` into ``_safe_div(a, b)``."""
-
-    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-        self.generic_visit(node)
-        if isinstance(node.op, ast.Div):
-            return ast.Call(ast.Name("_safe_div", ast.Load()), [node.left, node.right], [])
-        return node
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Pow: operator.pow}
 
 
-def _compile(formula: str):
-    tree = _GuardDivisions().visit(ast.parse(formula, mode="eval"))
-    return compile(ast.fix_missing_locations(tree), f"<spyndex: {formula}>", "eval")
+def _parse(name: str, formula: str) -> ast.expr:
+    """The formula's expression tree, checked to hold only arithmetic on numbers and roles."""
+    tree = ast.parse(formula, mode="eval").body
+    for node in ast.walk(tree):
+        ok = isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load,
+                               ast.operator, ast.unaryop))
+        ok = ok and not (isinstance(node, ast.BinOp) and type(node.op) not in (*_BINARY, ast.Div))
+        ok = ok and not (isinstance(node, ast.UnaryOp) and not isinstance(node.op, (ast.USub,
+                                                                                    ast.UAdd)))
+        ok = ok and not (isinstance(node, ast.Constant) and not isinstance(node.value, (int,
+                                                                                       float)))
+        if not ok:
+            raise ValueError(f"spectral index {name}: its formula {formula!r} uses "
+                             f"{type(node).__name__}, which is not plain arithmetic; only "
+                             f"+ - * / ** on numbers and band roles are evaluated.")
+    return tree
 
 
 class SpectralIndices(nn.Module):
@@ -79,7 +88,7 @@ class SpectralIndices(nn.Module):
         self.names = available_indices(bands, names)
         self.eps = eps
         roles = roles_of(bands)
-        self._formulas = [_compile(spyndex.indices[n].formula) for n in self.names]
+        self._formulas = [_parse(n, spyndex.indices[n].formula) for n in self.names]
         self._operands = [
             {r: _band_index(r, roles) for r in spyndex.indices[n].bands} for n in self.names
         ]
@@ -89,11 +98,25 @@ class SpectralIndices(nn.Module):
         b = torch.where(b >= 0, b.clamp(min=self.eps), b.clamp(max=-self.eps))
         return a / b
 
+    def _evaluate(self, node: ast.expr, env: dict[str, Tensor]) -> Tensor | float:
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return env[node.id]
+        if isinstance(node, ast.UnaryOp):
+            value = self._evaluate(node.operand, env)
+            return -value if isinstance(node.op, ast.USub) else value
+        left, right = self._evaluate(node.left, env), self._evaluate(node.right, env)
+        if isinstance(node.op, ast.Div):
+            # a constant denominator is a nonzero number of the catalogue
+            return self._safe_div(left, right) if isinstance(right, Tensor) else left / right
+        return _BINARY[type(node.op)](left, right)
+
     def forward(self, x: Tensor) -> Tensor:
         out = []
-        for code, operands in zip(self._formulas, self._operands):
+        for tree, operands in zip(self._formulas, self._operands):
             env = {role: x[:, i] for role, i in operands.items()}
-            out.append(eval(code, {"_safe_div": self._safe_div}, env))  # noqa: S307 (catalogue formula)
+            out.append(self._evaluate(tree, env))
         if not out:
             return x.new_zeros(x.shape[0], 0, *x.shape[2:])
         return torch.stack(out, dim=1).clamp(-1.0, 1.0)

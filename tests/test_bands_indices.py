@@ -66,3 +66,15 @@ def test_zero_pixels_give_finite_indices_and_gradients():
 def test_unknown_index_name():
     with pytest.raises(ValueError, match="not in the spyndex catalogue"):
         SpectralIndices(bands=BAND_SETS["hls_6"], names=("NOT_AN_INDEX",))
+
+
+def test_formulas_are_arithmetic_trees_not_code():
+    import spyndex
+
+    from deflect_min.indices import _parse
+
+    for name, index in spyndex.indices.items():  # the whole catalogue is plain arithmetic
+        _parse(name, index.formula)
+    for formula in ("__import__('os').system('x')", "N.sum()", "(N - R) if N else R", "'a'"):
+        with pytest.raises(ValueError, match="not plain arithmetic"):
+            _parse("X", formula)
