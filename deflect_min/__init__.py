@@ -17,6 +17,7 @@
 * :mod:`deflect_min.cli` -- the ``deflect-train`` and ``deflect-table`` commands
 """
 
+from ._version import __version__
 from .adaptation import METHODS, adapt, default_layers
 from .adapters import load_adapter, save_adapter
 from .baselines import input_adapter_parameters, merge
@@ -73,4 +74,3 @@ __all__ = [
     "rgb_of",
     "trace",
 ]
-__version__ = "0.1.0"

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._version import __version__
 from .adaptation import adapt
 from .embedding import DecomposedPatchEmbed
 from .methods import METHODS
@@ -98,8 +99,6 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *,
     if info is None or "config" not in info:
         raise ValueError("this model is not adapted: adapt it with deflect_min.adapt (or build it "
                          "with deflect_min.build_model) before saving its adapter.")
-    from . import __version__
-
     card = getattr(encoder, "gfm_card", None)
     config = {
         "format": ADAPTER_FORMAT,

@@ -150,13 +150,15 @@ class UntangledAttention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
                 **kwargs) -> Tensor:
+        if is_causal:
+            raise ValueError("untangled attention is a ViT's bidirectional attention; "
+                             "is_causal=True is not supported (pass an attn_mask instead).")
         t = self.projections(x)
         if self.explicit or self.record is not None:
-            delta_u, delta_ref = self._explicit(t, attn_mask, is_causal)
+            delta_u, delta_ref = self._explicit(t, attn_mask)
         else:
             drop = self.attn.attn_drop.p if self.training else 0.0
-            sdpa = dict(attn_mask=attn_mask, is_causal=is_causal, dropout_p=drop,
-                        scale=self.attn.scale)
+            sdpa = dict(attn_mask=attn_mask, dropout_p=drop, scale=self.attn.scale)
             # Eq. (R4)-(R5): one softmax over the sum of the four products.
             o_u = F.scaled_dot_product_attention(t["q_P"] + t["q_A"], t["k_P"] + t["k_A"],
                                                  t["v_P"] + t["v_A"], **sdpa)
@@ -168,7 +170,7 @@ class UntangledAttention(nn.Module):
             self.record[-1]["delta"] = delta.detach()
         return self.attn.proj_drop(delta)
 
-    def _explicit(self, t: dict[str, Tensor], attn_mask: Tensor | None, is_causal: bool):
+    def _explicit(self, t: dict[str, Tensor], attn_mask: Tensor | None):
         """The four products written out one by one (teaching path, materialises n x n)."""
         s = self.attn.scale
         products = {  # Eq. (R4), term by term: (b, h, n, m) each
@@ -179,7 +181,7 @@ class UntangledAttention(nn.Module):
         }
         logits = sum(products.values())
         logits_ref = einsum(t["q0"], t["k0"], "b h n d, b h m d -> b h n m") * s
-        bias = _mask_bias(attn_mask, is_causal, logits)
+        bias = _mask_bias(attn_mask, logits)
         attn_u = (logits + bias).softmax(dim=-1)
         attn_ref = (logits_ref + bias).softmax(dim=-1)
         drop = self.attn.attn_drop.p if self.training else 0.0  # as the fused path
@@ -195,12 +197,8 @@ class UntangledAttention(nn.Module):
         return delta_u, delta_ref
 
 
-def _mask_bias(attn_mask: Tensor | None, is_causal: bool, logits: Tensor) -> Tensor | float:
+def _mask_bias(attn_mask: Tensor | None, logits: Tensor) -> Tensor | float:
     """The additive bias that ``scaled_dot_product_attention`` applies for a mask."""
-    n, m = logits.shape[-2:]
-    if is_causal:
-        keep = torch.ones(n, m, dtype=torch.bool, device=logits.device).tril()
-        return torch.zeros(n, m, dtype=logits.dtype, device=logits.device).masked_fill(~keep, -math.inf)
     if attn_mask is None:
         return 0.0
     if attn_mask.dtype == torch.bool:

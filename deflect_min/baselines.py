@@ -18,7 +18,8 @@ RGB-pretrained encoder does in PANGAEA; only DEFLECT reads the other bands. With
 ``input="inflated"`` (every baseline, ``frozen`` and ``full`` included) it reads all C bands
 through an inflated, trainable patch embedding :math:`W = [W_{RGB} \mid W_{extra}]`, whose
 parameters :func:`input_adapter_parameters` reports apart from the tuned encoder parameters.
-Both are our reading of the protocol (method.md, section 6.4).
+Both are our reading of the protocol (the book's method page, "How deflect-min relates
+to the baselines").
 
 Every wrapper keeps the frozen pretrained layer inside as ``base``; the parameters it adds
 live in a :class:`~deflect_min.embedding.NewParameters` submodule, so
@@ -181,7 +182,8 @@ class LoRALinear(nn.Module):
 # ---- SLR (GDA, Scheibenreif et al. 2024) -----------------------------------------------------
 
 class SLRAdapter(NewParameters):
-    r"""SLR's new parameters for one linear layer ``d_in -> d_out`` (method.md section 10):
+    r"""SLR's new parameters for one linear layer ``d_in -> d_out`` (the exact GDA form, see
+    the book's method page, "How deflect-min relates to the baselines"):
     scales :math:`s_{in}, s_{out}` (ones), a down-projection ``A`` (weights
     :math:`\mathcal{N}(0, 1)`, PyTorch's default bias) and an up-projection ``B`` (zero)."""
 

@@ -14,9 +14,8 @@ from deflect_min.models import default_taps, load_gfm
 
 __all__ = ["TASKS", "GFMClassifier", "GFMSegmenter", "build_model"]
 
-#: Task names ``build_model`` accepts (``"cls"`` and ``"seg"`` are accepted as aliases).
+#: Task names ``build_model`` accepts.
 TASKS = ("classification", "segmentation")
-_ALIASES = {"cls": "classification", "classif": "classification", "seg": "segmentation"}
 
 
 class _GFMTaskModel(nn.Module):
@@ -116,7 +115,6 @@ def build_model(
         A module with ``.encoder`` (adapted in place) and ``.head`` (all parameters trainable);
         ``.parameter_counts()`` reports both separately.
     """
-    task = _ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks are {', '.join(TASKS)}")
     if isinstance(gfm, str):

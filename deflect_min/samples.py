@@ -32,6 +32,7 @@ Axes: ``n`` patch, ``c`` spectral band, ``h w`` pixel rows and columns, ``k`` cl
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,10 @@ __all__ = [
     "load_samples",
 ]
 
-#: Default location of the sample file: ``data/`` at the repository root.
-SAMPLES_PATH: Path = Path(__file__).resolve().parents[1] / "data" / "bigearthnet_samples.npz"
+#: Default location of the sample file: package data of ``deflect_min`` (in the repository a link
+#: to ``data/bigearthnet_samples.npz``; a wheel holds the file itself).
+SAMPLES_PATH: Path = Path(str(importlib.resources.files("deflect_min")
+                              / "sample_data" / "bigearthnet_samples.npz"))
 
 #: The 19 classes of the BigEarthNet nomenclature, in the official order of
 #: ``label_indices.json`` (BigEarthNet-S2_19-classes_models, TU Berlin RSiM), which is also

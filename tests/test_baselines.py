@@ -227,7 +227,7 @@ def test_vit_large_percentages_land_on_the_paper_column():
              "lora": (2.1, 0.15), "slr": (2.2, 0.15), "deflect": (0.2, 0.03)}
     for method, (value, tol) in paper.items():
         assert abs(pct[method] - value) <= tol, (method, pct[method])
-    # the arithmetic of method.md (its 2.311 % for SLR is 2.3105 % rounded twice)
+    # the arithmetic of the book's budget table (2.311 % for SLR is 2.3105 % rounded twice)
     arithmetic = {"norm": 0.0331, "bitfit": 0.0898, "lora": 2.0743, "slr": 2.3105}
     assert {m: round(pct[m], 4) for m in arithmetic} == arithmetic
 
