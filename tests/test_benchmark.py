@@ -175,3 +175,13 @@ def test_train_cost_clock_times_every_step_image_and_epoch(tmp_path):
     assert len(clock.epoch_overhead) == 2  # epochs 1 and 2 (epoch 0 warms up, 3 ends the run)
     times = clock.step + clock.step_with_data + clock.eval_per_image + clock.epoch_overhead
     assert all(t > 0 for t in times)
+
+
+def test_predict_speed_writes_one_row_per_batch_size(tmp_path):
+    from benchmarks import predict_speed
+
+    rows = predict_speed.main(["--size", "56", "--window", "28", "--batch-sizes", "1,4",
+                               "--repeats", "1", "--out", str(tmp_path / "p.csv")])
+    assert [r["batch_size"] for r in rows] == [1, 4] and rows[0]["speedup"] == 1.0
+    assert rows[0]["windows"] == 9  # 3 x 3 windows of 28 px at stride 14 over 56 px
+    assert (tmp_path / "p.csv").read_text().startswith("batch_size,windows,")

@@ -450,3 +450,17 @@ def test_published_checksum_reads_hub_and_zenodo_metadata(monkeypatch) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     published = _download.published_checksum(MADOS.remote)
     assert (published.algorithm, published.hexdigest, published.size) == ("md5", "cd" * 16, 7)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 100])
+def test_sliding_window_batches_give_the_same_logits(batch_size) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 5, padding=2)  # a model whose windows see their borders
+    image = torch.rand(2, 3, 45, 61)
+    one = sliding_window_logits(conv, image, num_classes=4, window=16, stride=10, batch_size=1)
+    many = sliding_window_logits(conv, image, num_classes=4, window=16, stride=10,
+                                 batch_size=batch_size)
+    torch.testing.assert_close(many, one, rtol=0, atol=1e-6)
+    assert torch.equal(many.argmax(1), one.argmax(1))
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        sliding_window_logits(conv, image, num_classes=4, window=16, batch_size=0)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import Compose  # applies sample-dict transforms in order
@@ -35,7 +36,7 @@ from torchvision.transforms import Compose  # applies sample-dict transforms in 
 from .catalogue import DATASETS
 
 __all__ = ["Resize", "RandomCrop", "CenterCrop", "Standardize", "Compose", "make_dataloaders",
-           "sliding_window_logits"]
+           "sliding_window_logits", "window_origins"]
 
 Sample = dict[str, Tensor]
 
@@ -188,32 +189,49 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
 
 
 @torch.no_grad()
+def window_origins(size: int, window: int, stride: int) -> list[int]:
+    """Window starts along one axis of ``size`` px: every ``stride`` px, the last flush with
+    the end (``size >= window``)."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
 def sliding_window_logits(model: Callable[[Tensor], Tensor], image: Tensor, num_classes: int,
-                          window: int = 224, stride: int | None = None) -> Tensor:
+                          window: int = 224, stride: int | None = None,
+                          batch_size: int = 8, progress: bool = False) -> Tensor:
     """Segment a (B, C, H, W) batch larger than the model's input with overlapping windows.
 
     Windows of ``window`` px are placed every ``stride`` px (default: half a window), always
     including the last row / column; ``model`` maps (N, C, window, window) to
     (N, num_classes, window, window) logits, which are averaged where windows overlap. Images
-    smaller than a window are zero-padded. Returns (B, num_classes, H, W) logits.
+    smaller than a window are zero-padded. The windows go through ``model`` ``batch_size``
+    window positions at a time (``batch_size x B`` windows per call; 1: one position at a time),
+    which gives the same logits up to floating-point rounding. Returns (B, num_classes, H, W).
     """
     stride = stride or window // 2
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     b, _, h, w = image.shape
     ph, pw = max(window - h, 0), max(window - w, 0)
     if ph or pw:
         image = F.pad(image, (0, pw, 0, ph))
     H, W = image.shape[-2:]
-    tops = list(range(0, H - window + 1, stride))
-    lefts = list(range(0, W - window + 1, stride))
-    if tops[-1] != H - window:
-        tops.append(H - window)
-    if lefts[-1] != W - window:
-        lefts.append(W - window)
+    origins = [(top, left) for top in window_origins(H, window, stride)
+               for left in window_origins(W, window, stride)]
     logits = image.new_zeros((b, num_classes, H, W))
     counts = image.new_zeros((1, 1, H, W))
-    for top in tops:
-        for left in lefts:
-            logits[..., top:top + window, left:left + window] += model(
-                image[..., top:top + window, left:left + window])
-            counts[..., top:top + window, left:left + window] += 1
+    chunks = [origins[i:i + batch_size] for i in range(0, len(origins), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="windows", unit="batch")
+    for chunk in chunks:
+        crops = torch.stack([image[..., t:t + window, l:l + window] for t, l in chunk])
+        out = model(rearrange(crops, "k b c h w -> (k b) c h w"))
+        out = rearrange(out, "(k b) n h w -> k b n h w", k=len(chunk))
+        for (t, l), tile in zip(chunk, out):
+            logits[..., t:t + window, l:l + window] += tile
+            counts[..., t:t + window, l:l + window] += 1
     return (logits / counts)[..., :h, :w]
