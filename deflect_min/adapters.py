@@ -87,7 +87,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *,
             :func:`deflect_min.build_model`.
         path: the adapter folder.
         base: how to rebuild the base ViT, so that :func:`load_adapter` can work from the folder
-            alone: ``{"gfm": name, "weights": "download" | None, "img_size": int, "seed": int}``
+            alone: ``{"backbone": spec, "weights": "pretrained" | None | path, "img_size": int,
+            "seed": int}`` with ``spec`` as :func:`deflect_min.backbones.load_backbone` takes it
             (the seed matters for a randomly initialised base, whose frozen weights are not
             saved). Optional.
 
@@ -153,11 +154,11 @@ def _rebuild_base(config: Mapping[str, Any]) -> nn.Module:
         raise ValueError(f"this adapter does not say how to rebuild its base model "
                          f"({config['base']['name']}): pass the base ViT, "
                          f"load_adapter(vit, path).")
-    from .models import load_gfm
+    from .backbones import load_backbone
 
     torch.manual_seed(int(recipe.get("seed", 0)))
-    return load_gfm(recipe["gfm"], weights=recipe.get("weights"),
-                    img_size=int(recipe.get("img_size", 224)))
+    return load_backbone(recipe["backbone"], weights=recipe.get("weights"),
+                         img_size=int(recipe.get("img_size", 224)))
 
 
 def _check_base(vit: nn.Module, config: Mapping[str, Any]) -> None:

@@ -77,7 +77,7 @@ def test_rebuilt_from_the_folder_alone(tmp_path):
     model = dm.adapt(base, "bitfit", bands=S2_7)
     perturb_new_parameters(model)
     dm.save_adapter(model, tmp_path / "b",
-                    base=dict(gfm=name, weights=None, img_size=28, seed=7))
+                    base=dict(backbone=name, weights=None, img_size=28, seed=7))
     loaded = dm.load_adapter(None, tmp_path / "b")
     x = reflectance(1, S2_7, 28)
     with torch.no_grad():

@@ -45,7 +45,7 @@ def _adapter(tmp_path, task, num_classes=3):
     model = dm.build_model(task, base, "deflect", bands=BANDS, num_classes=num_classes,
                            layers=[0])
     folder = tmp_path / task
-    dm.save_adapter(model, folder, base=dict(gfm=GFM, weights=None, img_size=WINDOW, seed=0))
+    dm.save_adapter(model, folder, base=dict(backbone=GFM, weights=None, img_size=WINDOW, seed=0))
     return folder
 
 
