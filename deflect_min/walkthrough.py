@@ -193,3 +193,109 @@ def rgb_composite(x: Tensor, bands: Sequence[str], *, rgb: Sequence[str] = ("S2_
     idx = [list(bands).index(b) for b in rgb]
     img = ((x[idx].detach().float().cpu() - low) / (high - low)).clamp(0, 1) ** gamma
     return rearrange(img, "c h w -> h w c")
+
+
+# --------------------------------------------------------------------------------------------
+# Notebooks 01-02: what the pretrained model shows (token maps, read-outs, attention maps)
+# --------------------------------------------------------------------------------------------
+
+from einops import einsum, reduce  # noqa: E402  (kept with the section that uses them)
+
+__all__ += ["token_means", "principal_components", "stretch", "ridge_readout", "attention_maps",
+            "logit_shares"]
+
+
+def token_means(maps: Tensor, patch: int) -> Tensor:
+    """Per-token means ``(b, n, k)`` of per-pixel maps ``(b, k, h, w)`` over ``patch`` px tokens
+    (the token order of a ViT: row by row)."""
+    return reduce(maps, "b k (gh p1) (gw p2) -> b (gh gw) k", "mean", p1=patch, p2=patch)
+
+
+def principal_components(tokens: Tensor, k: int = 3) -> tuple[Tensor, Tensor]:
+    """The first ``k`` principal components of tokens ``(..., n, d)``, fitted over all of them.
+
+    Returns the scores ``(..., n, k)`` and the share of the variance each component explains
+    ``(k,)``. Computed in float64; each component's sign is fixed (largest loading positive),
+    so the colours of a figure do not flip from one machine to the next.
+    """
+    flat = rearrange(tokens, "... d -> (...) d").double()
+    mean = flat.mean(dim=0)
+    _, s, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+    comps = vh[:k]
+    comps = comps * torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))
+    scores = (tokens.double() - mean) @ comps.T
+    return scores.float(), (s[:k] ** 2 / (s ** 2).sum()).float()
+
+
+def stretch(values: Tensor, low: float = 0.01, high: float = 0.99) -> Tensor:
+    """Scale each channel (last axis) of ``values`` to [0, 1] between its ``low`` and ``high``
+    quantiles over all other axes, clipping the tails: principal-component scores to colours."""
+    flat = rearrange(values, "... k -> (...) k")
+    lo, hi = torch.quantile(flat, low, dim=0), torch.quantile(flat, high, dim=0)
+    return ((values - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+
+
+def ridge_readout(features: Tensor, target: Tensor, *, folds: int = 5, alpha: float = 100.0
+                  ) -> tuple[Tensor, float]:
+    """How well a linear map of token ``features`` ``(b, n, d)`` predicts ``target`` ``(b, n)``.
+
+    Ridge regression (penalty ``alpha`` on the standardised features), cross-validated over
+    *patches*: patch ``i`` is in fold ``i % folds``, and each fold is predicted by a read-out
+    fitted on the other folds only, so no token is predicted by a map fitted on its own patch.
+
+    Returns the held-out predictions ``(b, n)`` and their :math:`R^2` (1: perfect; 0: no better
+    than the mean; negative: worse).
+    """
+    b = features.shape[0]
+    if not 2 <= folds <= b:
+        raise ValueError(f"folds must be between 2 and the number of patches ({b}), got {folds}.")
+    fold = torch.arange(b) % folds
+    pred = torch.empty(target.shape, dtype=torch.float64)
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        xt = rearrange(features[train], "b n d -> (b n) d").double()
+        yt = rearrange(target[train], "b n -> (b n)").double()
+        mu, sd = xt.mean(dim=0), xt.std(dim=0).clamp_min(1e-8)
+        xs = (xt - mu) / sd
+        eye = torch.eye(xs.shape[1], dtype=xs.dtype)
+        w = torch.linalg.solve(xs.T @ xs + alpha * eye, xs.T @ (yt - yt.mean()))
+        pred[test] = ((features[test].double() - mu) / sd) @ w + yt.mean()
+    y = target.double()
+    r2 = 1 - float(((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return pred.float(), r2
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, x: Tensor, blocks: Sequence[int] | None = None) -> Tensor:
+    """The pretrained attention :math:`\\operatorname{softmax}(q_0 k_0^\\top / \\sqrt{d_h})` of
+    Eq. (1) in ``blocks`` (default: all), for a timm ViT, adapted or not.
+
+    Returns ``(len(blocks), b, heads, n, n)`` (query, key; prefix tokens first). An adapted
+    block's frozen attention is read inside its ``UntangledAttention`` (``.attn``): this is
+    the RGB-to-RGB product of Eq. (R4) under its own softmax, whatever training did to the
+    other three.
+    """
+    blocks = list(range(len(model.blocks))) if blocks is None else list(blocks)
+    states = block_states(model, x)
+    maps = []
+    for i in blocks:
+        block = model.blocks[i]
+        attn = getattr(block.attn, "attn", block.attn)  # the frozen timm Attention
+        q, k, _ = rearrange(attn.qkv(block.norm1(states[i])), "b n (three h d) -> three b h n d",
+                            three=3, h=attn.num_heads)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        maps.append((einsum(q, k, "b h n d, b h m d -> b h n m") * attn.scale).softmax(dim=-1))
+    return torch.stack(maps)
+
+
+def logit_shares(records: Sequence[dict]) -> Tensor:
+    """Share of each Eq. (R4) product in the logits, per traced block: ``(blocks, 4)``.
+
+    For each record of :func:`deflect_min.trace`, the mean absolute value of each product
+    (``rgb_to_rgb``, ``rgb_to_spectral``, ``spectral_to_rgb``, ``spectral_to_spectral``, in this
+    order) over patches, heads, queries and keys, divided by the sum of the four: rows sum to 1.
+    """
+    order = ("rgb_to_rgb", "rgb_to_spectral", "spectral_to_rgb", "spectral_to_spectral")
+    size = torch.stack([torch.stack([r["products"][k].abs().mean() for k in order])
+                        for r in records])
+    return size / size.sum(dim=1, keepdim=True)
