@@ -16,6 +16,7 @@ and is never counted as a tuned encoder parameter.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 from timm.models.vision_transformer import VisionTransformer
@@ -74,12 +75,27 @@ def adapt(vit: nn.Module, method: str = "deflect", *, bands: Sequence[str],
     if len(rgb) != 3 or any(b not in band_list for b in rgb):
         raise ValueError(f"rgb_bands {list(rgb)} must be three of the input bands {band_list}; "
                          f"add them to `bands` or pass rgb_bands=None to find them by role.")
+    _check_options(METHODS[method], method, options)
     vit.requires_grad_(False)
     METHODS[method](vit, bands=band_list, rgb_bands=rgb, band_stats=band_stats, **options)
     if isinstance(vit.head, nn.Module):
         vit.head.requires_grad_(True)
     vit.adaptation = dict(method=method, bands=band_list, rgb_bands=rgb, options=dict(options))
     return vit
+
+
+def _check_options(fn: Callable[..., None], method: str, options: dict) -> None:
+    """Raise a ``ValueError`` naming the settings ``method`` lacks (not a ``TypeError``)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return  # the method passes them on and checks them there
+    accepted = [n for n, p in params.items()
+                if p.kind == p.KEYWORD_ONLY and n not in ("bands", "rgb_bands", "band_stats")]
+    unknown = sorted(set(options) - set(accepted) - {"bands", "rgb_bands", "band_stats"})
+    if unknown:
+        raise ValueError(f"method {method!r} has no setting {unknown}; its settings are "
+                         f"{accepted}. Drop {unknown} (e.g. stream and layers are DEFLECT's), "
+                         f"or choose a method that has them.")
 
 
 def _check_vit(vit: nn.Module) -> None:
@@ -185,4 +201,5 @@ def _deflect_lora(vit, *, lora_rank: int = 8, **options) -> None:
     if int(lora_rank) != lora_rank or lora_rank <= 0:
         raise ValueError(f"lora_rank must be a positive integer (default 8), got {lora_rank!r}; "
                          f"for DEFLECT without LoRA use method='deflect'.")
+    _check_options(_deflect, "deflect+lora", options)
     _deflect(vit, lora_rank=lora_rank, **options)
