@@ -10,7 +10,10 @@ import json
 import os
 import re
 import shutil
+import tarfile
+import urllib.request
 import warnings
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +27,7 @@ from deflect_min.embedding import REFLECTANCE_MAX, Standardize
 from deflect_min.training import TrainConfig, load_model, smoke_config, train
 from deflect_min.training.guard import RunInUseError, run_id, write_atomic
 
-from tests.helpers import GEOBENCH, HLS, S2_7, reflectance, tiny_vit
+from tests.helpers import GEOBENCH, HLS, MADOS_ROOT, S2_7, reflectance, tiny_vit
 
 
 # ----------------------------------------------------------------------------- (6) inputs
@@ -277,3 +280,102 @@ def test_table_names_each_unreadable_file(tmp_path, capsys) -> None:
     assert "| DEFLECT |" in captured.out
     assert table_main(["--results", str(res), "--strict"]) == 2
     assert "seed0.json: unreadable" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- (4), (5) archives
+def test_interrupted_extraction_is_never_accepted(tmp_path, monkeypatch) -> None:
+    from deflect_min.data import HLSBurnScars
+
+    shutil.copy(HLS / "hls_burn_scars.tar.gz", tmp_path)  # put there by hand
+    real, count = tarfile.TarFile.extract, []
+
+    def ctrl_c_after_five(self, *args, **kwargs):
+        count.append(1)
+        if len(count) > 5:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", ctrl_c_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        HLSBurnScars(tmp_path, split="test", checksum=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hls_burn_scars.tar.gz"]
+    with pytest.warns(UserWarning, match=r"extracted your archive .*hls_burn_scars.tar.gz .*"
+                      r"kept it \(deflect_min deletes only archives it downloaded itself\)"):
+        ds = HLSBurnScars(tmp_path, split="test", checksum=False)
+    assert len(ds) == len(HLSBurnScars(HLS, split="test")) == 2
+    assert (tmp_path / "hls_burn_scars.tar.gz").is_file()  # the user's own archive is kept
+
+
+def test_corrupt_member_names_archive_and_member_and_leaves_no_tree(tmp_path) -> None:
+    from deflect_min.data import MADOS
+    from deflect_min.data._download import CorruptArchiveError
+
+    data = bytearray((MADOS_ROOT / "MADOS.zip").read_bytes())
+    with zipfile.ZipFile(MADOS_ROOT / "MADOS.zip") as zf:
+        info = next(i for i in zf.infolist() if i.compress_type == zipfile.ZIP_DEFLATED)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0xFF  # one byte inside the deflate stream
+    (tmp_path / "MADOS.zip").write_bytes(bytes(data))
+    for _ in range(2):  # the next call does not accept a partial tree either
+        with pytest.raises(CorruptArchiveError, match=rf"MADOS: .*MADOS.zip is truncated or "
+                           rf"unreadable; delete it and run .* again \(\w+ in member "
+                           rf"'{re.escape(info.filename)}'"):
+            MADOS(tmp_path, checksum=False)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["MADOS.zip"]
+
+
+def test_download_without_network_names_dataset_and_manual_download(tmp_path,
+                                                                    monkeypatch) -> None:
+    import urllib.error
+
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from deflect_min.data import MADOS, MBrickKiln
+    from deflect_min.data._download import DownloadError
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DownloadError, match=r"MADOS: could not download https://zenodo.org/"
+                       r".*URLError.*download the file by hand from .* put it at .*MADOS.zip"):
+        MADOS(tmp_path, download=True)
+
+    def hub_offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the hub and the file is not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_offline)
+    with pytest.raises(DownloadError, match=r"MBrickKiln: could not download https://"
+                       r"huggingface.co/.*LocalEntryNotFoundError.*m-brick-kiln.zip"):
+        MBrickKiln(tmp_path, download=True)
+
+
+def test_two_downloads_of_one_archive_are_refused(tmp_path) -> None:
+    import fcntl
+
+    from deflect_min.data import MADOS
+    from deflect_min.data import _download
+
+    part = tmp_path / "MADOS.zip.part"
+    with open(part, "wb") as held:  # the first process, downloading
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(_download.DownloadError, match=r"another process is downloading "
+                           r"MADOS.zip into .*wait for it to finish"):
+            _download.fetch(MADOS.remote, tmp_path / "MADOS.zip")
+
+
+def test_links_refused_without_tar_filters(tmp_path, monkeypatch) -> None:
+    from deflect_min.data import _download
+
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        link = tarfile.TarInfo("data/escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+        tf.addfile(link)
+    monkeypatch.setattr(_download, "_TAR_FILTERS", False)  # Python 3.11.0 - 3.11.3
+    with pytest.raises(_download.CorruptArchiveError, match=r"member 'data/escape' is a link.*"
+                       r"Python >= 3.11.4"):
+        _download.extract(archive, tmp_path / "out", "X", "X(download=True)")
+    assert not (tmp_path / "out").exists()
