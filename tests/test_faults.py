@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import tarfile
@@ -379,3 +380,44 @@ def test_links_refused_without_tar_filters(tmp_path, monkeypatch) -> None:
                        r"Python >= 3.11.4"):
         _download.extract(archive, tmp_path / "out", "X", "X(download=True)")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- loud, now helpful
+@pytest.mark.parametrize("content, why", [
+    (b"<!DOCTYPE html><html><title>Google Drive - Virus scan warning</title>", "it starts with"),
+    (b"\x1f\x8b" + bytes(range(256)) * 8, "it starts with"),
+    (b"", "0 bytes"),
+])
+def test_gfm_checkpoint_that_is_a_web_page_or_garbage(tmp_path, content, why) -> None:
+    from deflect_min.models import load_checkpoint
+
+    path = tmp_path / "scalemae.pth"
+    path.write_bytes(content)
+    with pytest.raises(RuntimeError, match=rf"scalemae.pth is not a PyTorch checkpoint: it is "
+                       rf"corrupt or a web page \({why}.*delete it and download it again"):
+        load_checkpoint(path)
+    torch.save({"w": torch.ones(2)}, path)
+    path.write_bytes(path.read_bytes()[:200])  # an interrupted download
+    with pytest.raises(RuntimeError, match="corrupt or a web page.*download it again"):
+        load_checkpoint(path)
+
+
+def test_geobench_partition_listing_a_missing_file_fails_at_construction(tmp_path) -> None:
+    import h5py
+
+    from deflect_min.data import MBrickKiln
+
+    task = tmp_path / "classification_v1.0/m-brick-kiln"
+    shutil.copytree(GEOBENCH / "classification_v1.0/m-brick-kiln", task)
+    part = json.loads((task / "default_partition.json").read_text())
+    gone = part["valid"][0]
+    (task / f"{gone}.hdf5").rename(tmp_path / "elsewhere.hdf5")
+    with pytest.raises(OSError, match=rf"default_partition.json.*'valid' split lists 1 "
+                       rf"sample\(s\) with no file .*{gone}.*download it again"):
+        MBrickKiln(tmp_path, split="val")
+    # a pickle attribute that decodes to a list, not a sample's dict
+    sample = task / f"{part['train'][0]}.hdf5"
+    with h5py.File(sample, "r+") as h5:
+        h5.attrs["pickle"] = str(pickle.dumps([1, 2]))
+    with pytest.raises(OSError, match=rf"{sample.name}.*decodes to a list, not the dict"):
+        MBrickKiln(tmp_path, split="train")[part["train"].index(sample.stem)]

@@ -69,6 +69,11 @@ def apply_geobench_partition(ds: Any, partition: str, split: str) -> None:
     key = {"val": "valid"}.get(split, split)
     if key not in part:
         raise ValueError(f"{path} has no {key!r} split (it has {list(part)}).")
+    missing = [n for n in part[key] if not (task_dir / f"{n}.hdf5").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} lists {len(missing)} {key} sample(s) with no file in "
+                                f"{task_dir}, e.g. {missing[:3]}: the task folder is incomplete; "
+                                f"delete it and download the task again (download=True).")
     ds.sample_names = list(part[key])
     ds.files = [task_dir / f"{n}.hdf5" for n in ds.sample_names]
 
