@@ -421,3 +421,23 @@ def test_geobench_partition_listing_a_missing_file_fails_at_construction(tmp_pat
         h5.attrs["pickle"] = str(pickle.dumps([1, 2]))
     with pytest.raises(OSError, match=rf"{sample.name}.*decodes to a list, not the dict"):
         MBrickKiln(tmp_path, split="train")[part["train"].index(sample.stem)]
+
+
+# ----------------------------------------------------------------------------- the book
+def test_troubleshooting_page_matches_the_code() -> None:
+    root = Path(__file__).parents[1]
+    page = (root / "book" / "troubleshooting.md").read_text()
+    groups = re.findall(r"^## (.+)$", page, flags=re.M)
+    assert groups == ["Inputs", "Downloads", "Runs", "Results"]
+    entries = re.split(r"^### ", page, flags=re.M)[1:]
+    source = "\n".join(p.read_text() for p in sorted((root / "deflect_min").rglob("*.py")))
+    fragments = []
+    for entry in entries:
+        fragment = re.match(r"`(.+?)`\n", entry)
+        assert fragment, f"an entry heading is not a `message fragment`: {entry[:60]!r}"
+        fragments.append(fragment.group(1))
+        assert "**Cause.**" in entry and "**Fix.**" in entry, fragment.group(1)
+    assert len(fragments) >= 30
+    stale = [f for f in fragments if f not in source]
+    assert not stale, f"the troubleshooting page lists messages the code no longer has: {stale}"
+    assert "book/troubleshooting" in (root / "_toc.yml").read_text()
