@@ -128,7 +128,8 @@ def config_from_args(args: argparse.Namespace):
         gfm=args.gfm, method=args.method, method_kwargs=method_kwargs, seed=args.seed,
         protocol=args.protocol, partition=args.partition, max_steps=args.max_steps,
         lr=args.lr, precision=args.precision, out=args.out, work_dir=args.work_dir,
-        resume=args.resume, overwrite=args.overwrite, download=args.download, eval_mode=args.eval_mode,
+        resume=args.resume, overwrite=args.overwrite, download=args.download,
+        eval_mode=args.eval_mode,
         hls_metric=args.hls_metric, name=args.name, devices=devices, strategy=args.strategy,
         accelerator=args.accelerator,
     )

@@ -33,8 +33,8 @@ import torch
 
 from .config import _RESUME_FREE
 
-__all__ = ["run_id", "RunInUseError", "RunLock", "claim_folder", "read_checkpoint", "check_checkpoint",
-           "write_atomic"]
+__all__ = ["run_id", "RunInUseError", "RunLock", "claim_folder", "read_checkpoint",
+           "check_checkpoint", "write_atomic"]
 
 #: Checkpoints a run writes in its folder.
 CHECKPOINTS = ("last.ckpt", "best.ckpt")

@@ -15,8 +15,8 @@ What happens, in order:
    with the best checkpoint. The checkpoint folder is locked while the run lasts, a checkpoint
    already there is kept unless ``resume`` or ``overwrite`` says what to do with it, and the
    best checkpoint's settings are compared with the run's before testing it
-   (:mod:`~deflect_min.training.guard`). Under DDP each process evaluates its own share of the val / test
-   split, without the repeated samples of Lightning's default sampler (:class:`_RunData`).
+   (:mod:`~deflect_min.training.guard`). Under DDP each process evaluates its own share of the
+   val / test split, without the repeated samples of Lightning's default sampler (:class:`_RunData`).
 4. **Result**: metrics, per-class values, confusion matrix, learning curves, tuned parameters,
    wall time, device, versions, the full config and its identity (``run_id``), written atomically to
    ``<out>/<dataset>/<gfm>/<run>/seed<k>.json`` (``seed<k>.reduced.json`` under the reduced
