@@ -20,7 +20,9 @@ import argparse
 import json
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["train_main", "table_main", "parse_layers", "config_from_args"]
@@ -76,8 +78,12 @@ def _train_parser() -> argparse.ArgumentParser:
                         "below), or a Lightning precision: 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--out", default=None,
                    help="results folder (default: results; with --smoke a temporary folder)")
-    p.add_argument("--work-dir", default="runs", help="checkpoints folder (default: runs)")
+    p.add_argument("--work-dir", default=None,
+                   help="checkpoints folder (default: runs; with --smoke a temporary folder)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the checkpoints of an earlier run of the same key and start "
+                        "afresh (without it, or --resume, a run refuses to replace them)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--devices", default="1", help="GPUs (e.g. 2 with --strategy ddp)")
@@ -88,8 +94,8 @@ def _train_parser() -> argparse.ArgumentParser:
                         "the centre crop")
     p.add_argument("--hls-metric", choices=("miou", "iou_burn_scar"), default="miou")
     p.add_argument("--img-size", type=int, default=None, help="encoder input size (224)")
-    p.add_argument("--name", default=None, help="results sub-folder (default: the method, "
-                   "plus its non-default settings)")
+    p.add_argument("--name", default=None, help="results sub-folder, a plain folder name "
+                   "(default: the method, plus its non-default settings)")
     m = p.add_argument_group("method settings (only those given are passed to adapt)")
     m.add_argument("--layers", type=parse_layers, default=None,
                    help="DEFLECT: adapted blocks, e.g. 0-8 or 0,1,2")
@@ -122,7 +128,8 @@ def config_from_args(args: argparse.Namespace):
         gfm=args.gfm, method=args.method, method_kwargs=method_kwargs, seed=args.seed,
         protocol=args.protocol, partition=args.partition, max_steps=args.max_steps,
         lr=args.lr, precision=args.precision, out=args.out, work_dir=args.work_dir,
-        resume=args.resume, download=args.download, eval_mode=args.eval_mode,
+        resume=args.resume, overwrite=args.overwrite, download=args.download,
+        eval_mode=args.eval_mode,
         hls_metric=args.hls_metric, name=args.name, devices=devices, strategy=args.strategy,
         accelerator=args.accelerator,
     )
@@ -139,11 +146,14 @@ def config_from_args(args: argparse.Namespace):
         if weights is not None and args.weights != "download":
             fields["weights"] = weights
         fields["quiet"] = True
-        if args.out is None:  # smoke numbers never enter results/
-            fields["out"] = tempfile.mkdtemp(prefix="deflect-smoke-")
-            print(f"smoke run: results go to the temporary folder {fields['out']}")
+        if args.out is None or args.work_dir is None:  # never results/ or runs/
+            tmp = Path(tempfile.mkdtemp(prefix="deflect-smoke-"))
+            fields["out"] = args.out or str(tmp / "results")
+            fields["work_dir"] = args.work_dir or str(tmp / "runs")
+            print(f"smoke run: results in {fields['out']}, checkpoints in {fields['work_dir']}")
         return smoke_config(args.dataset, args.root, **fields)
     fields["out"] = "results" if args.out is None else args.out
+    fields["work_dir"] = "runs" if args.work_dir is None else args.work_dir
     return TrainConfig(dataset=args.dataset, root=args.root, weights=weights,
                        batch_size=args.batch_size, num_workers=args.num_workers,
                        quiet=args.quiet, **fields)
@@ -154,6 +164,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     from deflect_min.training import train
+    from deflect_min.training.guard import RunInUseError
 
     parser = _train_parser()
     args = parser.parse_args(argv)
@@ -162,7 +173,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         cfg.validate()
     except ValueError as e:
         parser.error(str(e))  # exits with status 2
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except (FileExistsError, RunInUseError) as e:  # the run's folder: nothing was touched
+        print(f"deflect-train: {e}", file=sys.stderr)
+        return 2
     if rank_zero_only.rank != 0:  # a DDP run's other processes: rank zero reports
         return 0
     summary = {k: round(v, 4) for k, v in result["metrics"]["test"].items()}
@@ -193,6 +208,9 @@ def _table_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="write <out>.md and <out>.csv (default: print the Markdown only)")
     p.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable result file (default: skip it, with a "
+                        "warning line naming it)")
     return p
 
 
@@ -202,8 +220,12 @@ def table_main(argv: Sequence[str] | None = None) -> int:
                                       write_table)
 
     args = _table_parser().parse_args(argv)
-    results = collect_results(args.results)
     try:
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            results = collect_results(args.results, strict=args.strict)
+        for w in skipped:  # one line per unreadable file
+            print(f"deflect-table: warning: {w.message}", file=sys.stderr)
         table = aggregate(results, gfm=args.gfm, protocol=args.protocol,
                           hls_metric=args.hls_metric)
     except ValueError as e:

@@ -13,6 +13,7 @@ Axis names: ``b`` batch, ``c`` band, ``f`` per-pixel feature, ``gh gw`` patch gr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -22,10 +23,15 @@ from torch.utils.checkpoint import checkpoint
 
 from .indices import DEFAULT_INDICES, SpectralIndices
 
-__all__ = ["Standardize", "PixelSetEncoder", "SpectralEmbedding", "DecomposedPatchEmbed",
-           "SideStream", "NewParameters", "patch_size_of"]
+__all__ = ["REFLECTANCE_MAX", "Standardize", "PixelSetEncoder", "SpectralEmbedding",
+           "DecomposedPatchEmbed", "SideStream", "NewParameters", "patch_size_of"]
 
 BandStats = Mapping[str, tuple[float, float]] | tuple[Sequence[float], Sequence[float]] | None
+
+#: Largest input value an adapted model accepts as reflectance. Reflectance lies in [0, 1] and
+#: clouds, snow and glint reach about 1.5; digital numbers (reflectance x 10^4, the most common
+#: mistake) exceed 10 for any pixel brighter than 0.001, and 8-bit values for any above 10/255.
+REFLECTANCE_MAX = 10.0
 
 
 def patch_size_of(patch_embed: nn.Module) -> int:
@@ -65,10 +71,18 @@ class Standardize(nn.Module):
             if len(mean) != len(bands) or len(std) != len(bands):
                 raise ValueError(f"band_stats must hold {len(bands)} means and {len(bands)} stds "
                                  f"(one per band), got {len(mean)} and {len(std)}.")
-        if min(std) <= 0:
-            raise ValueError(f"band_stats has a non-positive std: {std}; a band with a constant "
-                             f"value cannot be standardised: recompute the statistics over more "
-                             f"images, or drop that band.")
+        bad_mean = [b for b, m in zip(bands, mean) if not math.isfinite(m)]
+        if bad_mean:
+            raise ValueError(f"band_stats has a NaN or infinite mean for {bad_mean} (means "
+                             f"{mean}); recompute the statistics over finite pixels (mask "
+                             f"nodata first, e.g. with numpy.nanmean).")
+        bad_std = [b for b, s in zip(bands, std) if not (math.isfinite(s) and s > 0)]
+        if bad_std:
+            raise ValueError(f"band_stats has a std that is not a positive finite number for "
+                             f"{bad_std} (stds {std}); a NaN std comes from nodata pixels "
+                             f"(recompute over finite pixels, e.g. with numpy.nanstd), a zero "
+                             f"std from a constant band (recompute over more images, or drop "
+                             f"that band).")
         mean, std = torch.tensor(mean), torch.tensor(std)
         self.register_buffer("mean", rearrange(mean, "c -> c 1 1"), persistent=False)
         self.register_buffer("std", rearrange(std, "c -> c 1 1"), persistent=False)
@@ -234,6 +248,13 @@ class DecomposedPatchEmbed(nn.Module):
         """Raise a ``ValueError`` that says what is wrong with ``x`` and what to do."""
         if x.ndim != 4:
             raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(x.shape)}.")
+        if x.shape[0] == 0:
+            raise ValueError(f"the batch is empty (shape {tuple(x.shape)}); pass at least one "
+                             f"image (is the data split or the DataLoader empty?).")
+        if not x.is_floating_point():
+            raise TypeError(f"the input is {x.dtype}, not float reflectance; convert it first, "
+                            f"e.g. x.float() / 10000 for Sentinel-2 / HLS digital numbers, "
+                            f"x.float() / 255 for 8-bit images.")
         if x.shape[1] != len(self.bands):
             raise ValueError(f"the model was adapted to {len(self.bands)} bands {self.bands} but "
                              f"the input has {x.shape[1]} channels; pass the bands in that order.")
@@ -246,6 +267,14 @@ class DecomposedPatchEmbed(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError("the input holds NaN or inf values; fill nodata pixels with a finite "
                              "value (e.g. 0) and mask them out of the loss.")
+        if self.standardize.enabled:  # band_stats are reflectance: so must the input be
+            peak = float(x.detach().abs().amax())
+            if peak > REFLECTANCE_MAX:
+                raise ValueError(
+                    f"the input reaches {peak:g}, which cannot be reflectance (at most "
+                    f"{REFLECTANCE_MAX:g}; surface reflectance rarely exceeds 1.5): these look "
+                    f"like digital numbers. Divide by the sensor's scale first (Sentinel-2 / HLS "
+                    f"L2A: x / 10000; 8-bit images: x / 255).")
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)

@@ -467,8 +467,9 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     """``torch.load`` a checkpoint safely: tensors, containers and ``argparse.Namespace`` only.
 
     Raises:
-        RuntimeError: the file needs any other type to be unpickled (it could run code), or is
-            not a PyTorch checkpoint at all.
+        RuntimeError: the file is empty, truncated, corrupt or a web page (an HTML error page
+            saved by a failed download); or it needs any other type to be unpickled (it could
+            run code).
     """
     path = Path(path)
     if not path.is_file():
@@ -477,9 +478,21 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
         raise RuntimeError("loading GFM checkpoints safely needs torch >= 2.5 "
                            "(torch.serialization.safe_globals)")
+    with open(path, "rb") as fd:
+        head = fd.read(64)
+    corrupt = (f"{path} is not a PyTorch checkpoint: it is corrupt or a web page ({{}}): delete "
+               f"it and download it again (weights=\"download\", or the manual download "
+               f"of the GFM's card).")
+    # torch.save writes a zip (PK\x03\x04) or, in the legacy format, a pickle (\x80)
+    if not head:
+        raise RuntimeError(corrupt.format("0 bytes"))
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise RuntimeError(corrupt.format(f"it starts with {head[:24]!r}"))
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError as e:
+        raise RuntimeError(corrupt.format("truncated")) from e
     except pickle.UnpicklingError as e:
         raise RuntimeError(
             f"refusing to load {path}: it is not a plain PyTorch checkpoint, or it needs a Python "
@@ -489,7 +502,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
             f"save just its state dict with torch.save(...), and pass that file instead."
         ) from e
     except RuntimeError as e:
-        raise RuntimeError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        raise RuntimeError(corrupt.format(f"torch says: {str(e).splitlines()[0]}")) from e
 
 
 def _read_weights(path: Path) -> Any:

@@ -12,20 +12,29 @@ publishes none (a non-LFS hub file, a record without the file's checksum) a warn
 the file's size is compared with the published size instead; archive integrity is always checked
 while extracting (zip CRCs, gzip CRC and tar structure).
 
+Faults: a download holds an exclusive lock on its ``.part`` file (a second process downloading
+the same archive is refused); a failed download names the dataset and the manual download;
+extraction goes to a hidden temporary folder that is renamed into place only once every member
+is out, so an interrupted or failed extraction never leaves a tree that looks complete; only an
+archive the library downloaded itself is deleted after extraction, never one the user put there.
+
 Tests replace :func:`fetch` and :func:`published_checksum` with local stand-ins, which is why the
 dataset classes call them through this module (``_download.fetch(...)``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tarfile
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +44,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "ChecksumError",
     "CorruptArchiveError",
+    "DownloadError",
     "Published",
     "Remote",
     "fetch",
@@ -52,6 +62,16 @@ class ChecksumError(RuntimeError):
 
 class CorruptArchiveError(RuntimeError):
     """An archive is truncated or unreadable."""
+
+
+class DownloadError(RuntimeError):
+    """A download failed (no network, the source down) or another process is downloading the
+    same file; the message names the dataset and the manual download."""
+
+
+#: Python >= 3.11.4 (and 3.10.12) has tar extraction filters; without them links and special
+#: members are refused here (the old fallback extracted links unfiltered).
+_TAR_FILTERS = hasattr(tarfile, "data_filter")
 
 
 @dataclass(frozen=True)
@@ -115,29 +135,49 @@ def published_checksum(remote: Remote) -> Published:
 
 
 def fetch(remote: Remote, destination: Path) -> Path:
-    """Download ``remote`` to ``destination`` with a progress bar; return the path."""
+    """Download ``remote`` to ``destination`` with a progress bar; return the path.
+
+    The download goes to ``<destination>.part``, locked exclusively while it lasts.
+
+    Raises:
+        DownloadError: another process holds the ``.part`` lock.
+    """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    if remote.hf_repo is not None:
-        from huggingface_hub import hf_hub_download
-
-        # hf_hub_download shows its own tqdm progress bar and resumes interrupted downloads.
-        cache = destination.parent / ".hf_download"
-        path = Path(hf_hub_download(remote.hf_repo, remote.hf_path, repo_type="dataset",
-                                    local_dir=cache))
-        shutil.move(str(path), destination)
-        shutil.rmtree(cache, ignore_errors=True)
-        return destination
     partial = destination.with_name(destination.name + ".part")
-    request = urllib.request.Request(remote.url, headers={"User-Agent": "deflect_min"})
-    with urllib.request.urlopen(request, timeout=60) as response, open(partial, "wb") as out:  # noqa: S310
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                bar.update(len(chunk))
-    os.replace(partial, destination)
-    return destination
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(
+                f"another process is downloading {destination.name} into {destination.parent} "
+                f"(it holds the lock on {partial}); wait for it to finish, then run again: the "
+                f"archive will be there.") from None
+        if remote.hf_repo is not None:
+            from huggingface_hub import hf_hub_download
+
+            # hf_hub_download shows its own tqdm progress bar and resumes interrupted downloads.
+            cache = destination.parent / ".hf_download"
+            path = Path(hf_hub_download(remote.hf_repo, remote.hf_path, repo_type="dataset",
+                                        local_dir=cache))
+            shutil.move(str(path), destination)
+            shutil.rmtree(cache, ignore_errors=True)
+            partial.unlink()
+            return destination
+        os.ftruncate(fd, 0)
+        request = urllib.request.Request(remote.url, headers={"User-Agent": "deflect_min"})
+        with urllib.request.urlopen(request, timeout=60) as response, \
+                os.fdopen(os.dup(fd), "wb") as out:  # noqa: S310 (fixed https URL)
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(partial, destination)
+        return destination
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def file_hash(path: Path, algorithm: str) -> str:
@@ -175,6 +215,17 @@ def verify(path: Path, published: Published, dataset: str, retry_call: str) -> N
         )
 
 
+def _plain_members(members: list[tarfile.TarInfo], archive: Path) -> None:
+    """Without tar filters: refuse links and special members (only files and folders)."""
+    for m in members:
+        if not (m.isfile() or m.isdir()):
+            raise CorruptArchiveError(
+                f"{archive}: member {m.name!r} is a link or a special file, which this Python "
+                f"({platform.python_version()}, no tar extraction filters) cannot extract "
+                f"safely; use Python >= 3.11.4, or extract the archive yourself and pass its "
+                f"folder as root.")
+
+
 def _members_inside(names: list[str], destination: Path, archive: Path) -> None:
     root = destination.resolve()
     for name in names:
@@ -183,36 +234,67 @@ def _members_inside(names: list[str], destination: Path, archive: Path) -> None:
             raise CorruptArchiveError(f"{archive}: member {name!r} would extract outside {root}")
 
 
+#: Every error a damaged archive raises while it is read (zlib.error: a corrupted deflate
+#: stream; OSError includes gzip.BadGzipFile; EOFError: truncation).
+_DECOMPRESSION_ERRORS = (zipfile.BadZipFile, zlib.error, tarfile.TarError, EOFError, OSError,
+                         ValueError)
+
+
 def extract(archive: Path, destination: Path, dataset: str, retry_call: str) -> None:
-    """Extract a zip or tar(.gz) archive, checking its integrity; errors name the archive."""
+    """Extract a zip or tar(.gz) archive, checking its integrity; errors name the archive and
+    the member.
+
+    Members go to a hidden folder ``.<destination name>.<archive name>.partial`` beside
+    ``destination`` first; only when every one is out is it renamed to ``destination`` (when
+    that does not exist yet) or are its top-level entries renamed into it. An interrupted or
+    failed extraction therefore leaves no partial tree where the datasets look (the next call
+    starts afresh).
+    """
     archive, destination = Path(archive), Path(destination)
-    destination.mkdir(parents=True, exist_ok=True)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.{archive.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier, interrupted extraction
+    staging.mkdir()
     hint = (f"{dataset}: {archive} is truncated or unreadable; delete it and run {retry_call} "
             f"again")
+    member = None
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 names = zf.namelist()
                 _members_inside(names, destination, archive)
-                for name in tqdm(names, desc=f"Extracting {archive.name}", unit="file",
-                                 disable=len(names) < 1000):
-                    zf.extract(name, destination)  # checks each member's CRC
+                for member in tqdm(names, desc=f"Extracting {archive.name}", unit="file",
+                                   disable=len(names) < 1000):
+                    zf.extract(member, staging)  # checks each member's CRC
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()  # reads the whole (gzip) stream: truncation fails here
                 _members_inside([m.name for m in members], destination, archive)
-                for member in tqdm(members, desc=f"Extracting {archive.name}", unit="file",
-                                   disable=len(members) < 1000):
-                    try:
-                        tf.extract(member, destination, filter="data")
-                    except TypeError:  # Python < 3.10.12 has no extraction filters
-                        tf.extract(member, destination)
+                if not _TAR_FILTERS:
+                    _plain_members(members, archive)
+                for info in tqdm(members, desc=f"Extracting {archive.name}", unit="file",
+                                 disable=len(members) < 1000):
+                    member = info.name
+                    if _TAR_FILTERS:
+                        tf.extract(info, staging, filter="data")
+                    else:  # files and folders only (checked above)
+                        tf.extract(info, staging)
         else:
             raise CorruptArchiveError(f"{hint} (not a zip or tar archive).")
+        if not destination.exists():
+            os.replace(staging, destination)  # one atomic rename
+        for entry in sorted(staging.iterdir()) if staging.exists() else ():  # a few, renamed
+            target = destination / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # a copy of this archive's own entry (re-extraction)
+            os.replace(entry, target)
     except CorruptArchiveError:
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as error:
-        raise CorruptArchiveError(f"{hint} ({type(error).__name__}: {error}).") from error
+    except _DECOMPRESSION_ERRORS as error:
+        where = f" in member {member!r}" if member is not None else ""
+        raise CorruptArchiveError(f"{hint} ({type(error).__name__}{where}: {error}).") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def download_and_extract(remote: Remote, root: Path, *, dataset: str, download: bool,
@@ -224,14 +306,27 @@ def download_and_extract(remote: Remote, root: Path, *, dataset: str, download: 
     Uses an archive already at ``root / remote.relpath`` (verified when ``checksum``), otherwise
     downloads it when ``download`` (always verified when ``checksum``). Returns False when there
     is neither an archive nor permission to download, so the caller can raise its own
-    "not found" error.
+    "not found" error. The archive is deleted after extraction only if it was downloaded here
+    (and ``keep_archive`` is False); an archive the user put in ``root`` is kept.
+
+    Raises:
+        DownloadError: the download failed (the message names the manual download).
     """
     root = Path(root)
     archive = root / remote.relpath
+    downloaded = False
     if not archive.is_file():
         if not download:
             return False
-        fetch(remote, archive)
+        try:
+            fetch(remote, archive)
+        except OSError as error:  # URLError, HF's LocalEntryNotFoundError, connection errors
+            raise DownloadError(
+                f"{dataset}: could not download {remote.url} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}). Check the network "
+                f"connection and run {retry_call} again, or download the file by hand from "
+                f"{remote.url}, put it at {archive} and run again.") from error
+        downloaded = True
     if checksum:
         try:
             published = published_checksum(remote)
@@ -249,6 +344,10 @@ def download_and_extract(remote: Remote, root: Path, *, dataset: str, download: 
     else:
         target = Path(extract_to)
     extract(archive, target, dataset, retry_call)
-    if not keep_archive:
+    if downloaded and not keep_archive:
         archive.unlink()  # the extracted files are what the dataset reads; save Colab's disk
+    elif not downloaded:
+        warnings.warn(f"{dataset}: extracted your archive {archive} into {target} and kept it "
+                      f"(deflect_min deletes only archives it downloaded itself); delete it "
+                      f"yourself to free the space.", stacklevel=3)
     return True

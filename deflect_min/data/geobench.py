@@ -156,6 +156,11 @@ class GeoBenchClassification(BenchmarkDataset):
             raise self._unreadable(partition_path, KeyError(f"no {key!r} split"))
         self.sample_names: list[str] = list(partition[key])
         self.files = [task_dir / f"{name}.hdf5" for name in self.sample_names]
+        missing = [f.name for f in self.files if not f.is_file()]
+        if missing:  # found now, not after a training epoch
+            raise self._unreadable(partition_path, FileNotFoundError(
+                f"its {key!r} split lists {len(missing)} sample(s) with no file in {task_dir}, "
+                f"e.g. {missing[:3]}"))
         self._wanted = [self.band_map[b] for b in self.bands]  # GEO-Bench names, channel order
         self._stats: dict[str, tuple[float, float]] | None = None
 
@@ -202,6 +207,9 @@ class GeoBenchClassification(BenchmarkDataset):
         try:
             with h5py.File(path, "r") as h5:
                 attrs = read_geobench_attrs(h5)
+                if not isinstance(attrs, dict):
+                    raise ValueError(f"attrs['pickle'] decodes to a {type(attrs).__name__}, not "
+                                     f"the dict of a GEO-Bench sample")
                 # GEO-Bench band name -> HDF5 dataset name (which may carry a date suffix).
                 by_name: dict[str, str] = {}
                 for descriptor in attrs.get("bands_order", list(h5.keys())):

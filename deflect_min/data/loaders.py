@@ -176,6 +176,10 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
             geometric = [Resize(size)]
         ds = cls(root=root, split=split, bands=bands, download=download, checksum=checksum)
         download = False  # the first split fetched everything
+        if len(ds) == 0:
+            raise ValueError(f"{cls.__name__}: the {split} split under root={str(root)!r} is "
+                             f"empty (its split list names no sample): the data are incomplete; "
+                             f"delete them and download them again (download=True).")
         if standardize:  # the first split's statistics serve every split
             standardizer = standardizer or Standardize(ds.mean, ds.std)
             geometric.append(standardizer)

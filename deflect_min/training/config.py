@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +57,12 @@ FIXTURES = {"m-so2sat": "tests/data/geobench", "m-brick-kiln": "tests/data/geobe
 #: Positive class of the binary segmentation task (``iou_<name>`` is recorded).
 _POSITIVE_CLASS = {"hls-burn-scars": (1, "iou_burn_scar")}
 #: Config keys that may change between an interrupted run and its resumption.
-_RESUME_FREE = {"resume", "download", "root", "out", "work_dir", "num_workers", "quiet",
-                "progress_bar", "accelerator", "devices", "strategy"}
+_RESUME_FREE = {"resume", "overwrite", "download", "root", "out", "work_dir", "num_workers",
+                "quiet", "progress_bar", "accelerator", "devices", "strategy"}
+#: Precisions a run accepts (Lightning's names).
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+#: What a run name (``name``, a results sub-folder) may be made of: one folder, no path.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
 
 
@@ -99,6 +106,8 @@ class TrainConfig:
         out: results folder (``None``: write nothing).
         work_dir: checkpoints folder (``<work_dir>/<dataset>/<gfm>/<run>/seed<k>``).
         resume: continue from ``last.ckpt`` if there is one.
+        overwrite: delete the checkpoints of an earlier run of the same key and start afresh
+            (without it, or ``resume``, a run refuses a folder that holds a checkpoint).
         arch_overrides: timm ViT arguments replacing the GFM's architecture (tiny test models);
             makes the run a smoke run.
         head_kwargs: task head arguments (e.g. ``{"channels": 16}`` for a tiny UPerNet).
@@ -140,6 +149,7 @@ class TrainConfig:
     out: str | None = "results"
     work_dir: str = "runs"
     resume: bool = False
+    overwrite: bool = False
     arch_overrides: dict[str, Any] | None = None
     head_kwargs: dict[str, Any] | None = None
     smoke: bool = False
@@ -187,12 +197,21 @@ class TrainConfig:
         from deflect_min.models import GFM_NAMES
 
         _dataset_cls(self.dataset)
-        if self.is_smoke and self.out is not None:
-            out = Path(self.out).resolve()
-            kept = {Path.cwd().resolve() / "results", Path(__file__).resolve().parents[2] / "results"}
-            if out in kept:
-                raise ValueError(f"a smoke run's numbers mean nothing and never enter {out}: pass "
-                                 f"out=None or a temporary folder (e.g. tempfile.mkdtemp()).")
+        if self.is_smoke:
+            for field_name, folder, default in (("out", self.out, "results"),
+                                                ("work_dir", self.work_dir, "runs")):
+                kept = {Path.cwd().resolve() / default,
+                        Path(__file__).resolve().parents[2] / default}
+                if folder is not None and Path(folder).resolve() in kept:
+                    raise ValueError(
+                        f"a smoke run's numbers mean nothing and its files never enter "
+                        f"{Path(folder).resolve()} ({field_name} of real runs): pass "
+                        f"{field_name}=None or a temporary folder (e.g. tempfile.mkdtemp()), "
+                        f"as smoke_config does.")
+        if self.name is not None and (not _NAME.fullmatch(str(self.name)) or ".." in self.name):
+            raise ValueError(f"name={self.name!r} is not a plain folder name: a run name is one "
+                             f"sub-folder of the results folder (letters, digits, '.', '_', "
+                             f"'+', '=', '-'; no '/' or '..'), e.g. name='deflect_lr3e-4'.")
         if self.gfm not in GFM_NAMES:
             raise ValueError(f"unknown gfm {self.gfm!r}; valid names are {list(GFM_NAMES)}.")
         if self.method not in METHODS:
@@ -208,6 +227,22 @@ class TrainConfig:
         for name in ("batch_size", "img_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.task == "segmentation" and int(self.batch_size) < 2:
+            raise ValueError(f"batch_size={self.batch_size} on {self.dataset}: the UPerNet head's "
+                             f"BatchNorm needs at least 2 images per training batch; use "
+                             f"batch_size >= 2 (PANGAEA: 8).")
+        if not (math.isfinite(float(self.lr)) and float(self.lr) > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r} "
+                             f"(PANGAEA: 1e-4).")
+        for name in ("seed", "num_workers"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}.")
+        if str(self.devices) in ("0", "[]"):
+            raise ValueError(f"devices={self.devices!r} selects no device; use devices=1 (one "
+                             f"GPU or the CPU), 2 ... with strategy='ddp', or 'auto'.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {list(PRECISIONS)} "
+                             f"('auto': fp32 on CPU, bf16-mixed on compute capability >= 8.0).")
         if self.epochs is not None and int(self.epochs) <= 0:
             raise ValueError(f"epochs must be positive, got {self.epochs}.")
         if self.max_steps is not None and int(self.max_steps) <= 0:
@@ -248,7 +283,8 @@ def smoke_config(dataset: str, root: str | os.PathLike, **overrides: Any) -> Tra
     """A seconds-long CPU run on the test fixtures: tiny random ViT, 2 epochs, quiet.
 
     ``overrides`` replace any field (e.g. ``method="lora"``, ``out=...``, ``work_dir=...``).
-    Nothing is written to a results folder unless ``out`` is given, and never to ``results/``.
+    Nothing is written to a results folder unless ``out`` is given, and never to ``results/``;
+    checkpoints go to a new temporary folder unless ``work_dir`` is given, never to ``runs/``.
     """
     task = _dataset_cls(dataset).task
     base: dict[str, Any] = dict(
@@ -257,6 +293,8 @@ def smoke_config(dataset: str, root: str | os.PathLike, **overrides: Any) -> Tra
         accelerator="cpu", smoke=True, quiet=True, protocol="full", out=None,
         head_kwargs={"channels": 16} if task == "segmentation" else None,
     )
+    if "work_dir" not in overrides:
+        base["work_dir"] = tempfile.mkdtemp(prefix="deflect-smoke-runs-")
     base.update(overrides)
     return TrainConfig(**base)
 

@@ -69,8 +69,21 @@ def apply_geobench_partition(ds: Any, partition: str, split: str) -> None:
     key = {"val": "valid"}.get(split, split)
     if key not in part:
         raise ValueError(f"{path} has no {key!r} split (it has {list(part)}).")
+    missing = [n for n in part[key] if not (task_dir / f"{n}.hdf5").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} lists {len(missing)} {key} sample(s) with no file in "
+                                f"{task_dir}, e.g. {missing[:3]}: the task folder is incomplete; "
+                                f"delete it and download the task again (download=True).")
     ds.sample_names = list(part[key])
     ds.files = [task_dir / f"{n}.hdf5" for n in ds.sample_names]
+
+
+def check_train_split(n: int, cfg: TrainConfig) -> None:
+    """Raise a ``ValueError`` naming the dataset and root when the training split is empty."""
+    if n == 0:
+        raise ValueError(f"the training split of {cfg.dataset} is empty (root={cfg.root!r}, "
+                         f"partition={cfg.train_partition!r}): check that the data are "
+                         f"complete under root, or download them again (download=True).")
 
 
 def build_loaders(cfg: TrainConfig) -> dict[str, torch.utils.data.DataLoader]:
@@ -94,6 +107,7 @@ def build_loaders(cfg: TrainConfig) -> dict[str, torch.utils.data.DataLoader]:
     partition = cfg.train_partition
     if partition is not None:
         apply_geobench_partition(train_ds, partition, "train")  # val and test stay the default
+    check_train_split(len(train_ds), cfg)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     train_loader = torch.utils.data.DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator,
@@ -123,10 +137,15 @@ class _RunData(L.LightningDataModule):
         return self._unpadded("test")
 
     def setup(self, stage: str) -> None:
-        """Under DDP, check both evaluation splits before anything trains."""
+        """Check both evaluation splits before anything trains (under DDP: a sample for every
+        process)."""
         world = self.trainer.world_size
         for split in ("val", "test"):
             n = len(self.loaders[split].dataset)
+            if n == 0:
+                raise ValueError(f"the {split} split is empty (0 samples): the data under the "
+                                 f"dataset's root lack it; check that they are complete, or "
+                                 f"download them again (download=True).")
             if n < world:  # a process without a batch skips the evaluation and its collectives
                 raise ValueError(f"the {split} split has {n} samples for {world} processes: "
                                  f"each process must evaluate at least one sample; use fewer "

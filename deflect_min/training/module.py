@@ -49,6 +49,8 @@ class TaskModule(L.LightningModule):
         window: sliding-window size (the encoder's input size).
         positive: ``(class index, metric name)`` of a recorded per-class IoU (HLS burn scar).
         precision: the run's precision (named in NaN messages).
+        max_steps: the run's step budget (:class:`_StepBudget`), which bounds the schedule's
+            length; ``None``: the epochs alone.
 
     After ``trainer.validate``/``fit``, ``last_val`` holds the latest validation metrics; after
     ``trainer.test``, ``test_result`` holds the test metrics, per-class values and confusion
@@ -60,7 +62,8 @@ class TaskModule(L.LightningModule):
                  betas: tuple[float, float] = (0.9, 0.999),
                  milestones: Sequence[float] = (0.6, 0.9), gamma: float = 0.1,
                  eval_mode: str = "full", window: int = 224,
-                 positive: tuple[int, str] | None = None, precision: str = "32-true") -> None:
+                 positive: tuple[int, str] | None = None, precision: str = "32-true",
+                 max_steps: int | None = None) -> None:
         super().__init__()
         if task not in ("classification", "segmentation"):
             raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
@@ -73,6 +76,7 @@ class TaskModule(L.LightningModule):
         self.eval_mode, self.window = eval_mode, int(window)
         self.positive = positive
         self.precision_name = precision
+        self.max_steps = max_steps
         self.val_confmat = MulticlassConfusionMatrix(self.num_classes, ignore_index=ignore_index)
         self.test_confmat = MulticlassConfusionMatrix(self.num_classes, ignore_index=ignore_index)
         self.strict_loading = False  # checkpoints omit frozen weights; checked in on_load_checkpoint
@@ -194,7 +198,8 @@ class TaskModule(L.LightningModule):
                              "and there is no head to train; check `method` and the task head.")
         opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas,
                                 weight_decay=self.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.trainer.estimated_stepping_batches  # inf without an epoch limit
+        total = int(min(total, self.max_steps) if self.max_steps is not None else total)
         steps = sorted({max(1, int(round(f * total))) for f in self.milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=self.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -295,10 +300,15 @@ class _RunState(Callback):
 
 class _StepBudget(Callback):
     """Stop at ``max_steps`` through ``trainer.should_stop``, so that Lightning validates (and
-    checkpoints) the last, partial epoch too (reaching ``max_steps`` alone skips both)."""
+    checkpoints) the last, partial epoch too (reaching ``max_steps`` alone skips both); a run
+    resumed with its budget spent does not train."""
 
     def __init__(self, max_steps: int) -> None:
         self.max_steps = int(max_steps)
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:  # noqa: D102
+        if trainer.global_step >= self.max_steps:
+            trainer.should_stop = True
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:  # noqa: D102
         if trainer.global_step >= self.max_steps:

@@ -12,34 +12,41 @@ What happens, in order:
 3. **Lightning** (:class:`TaskModule`): AdamW, MultiStepLR at 60 % and 90 % of the optimizer
    steps, cross-entropy (ignore index -1), validation each epoch, a checkpoint every epoch
    (``last.ckpt``) and the best one by the validation metric (``best.ckpt``), then the test split
-   with the best checkpoint. Under DDP each process evaluates its own share of the val / test
-   split, without the repeated samples of Lightning's default sampler (:class:`_RunData`).
+   with the best checkpoint. The checkpoint folder is locked while the run lasts, a checkpoint
+   already there is kept unless ``resume`` or ``overwrite`` says what to do with it, and the
+   best checkpoint's settings are compared with the run's before testing it
+   (:mod:`~deflect_min.training.guard`). Under DDP each process evaluates its own share of the
+   val / test split, without the repeated samples of Lightning's default sampler (:class:`_RunData`).
 4. **Result**: metrics, per-class values, confusion matrix, learning curves, tuned parameters,
-   wall time, device, versions and the full config, written to
+   wall time, device, versions, the full config and its identity (``run_id``), written atomically to
    ``<out>/<dataset>/<gfm>/<run>/seed<k>.json`` (``seed<k>.reduced.json`` under the reduced
    protocol, so that the two never overwrite each other).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 from .bookkeeping import (_checkpoint_dir, _device, _epoch_limit, _protocol_detail, _quiet,
                           _run_label, _schedule, _versions, result_path)
 from .config import _POSITIVE_CLASS, TrainConfig, _dataset_cls, _jsonable
-from .data import _dataset_of, _loader_bands, _RunData, build_loaders, check_bands
+from .data import (_dataset_of, _loader_bands, _RunData, build_loaders, check_bands,
+                   check_train_split)
+from .guard import RunLock, check_checkpoint, claim_folder, read_checkpoint, run_id, write_atomic
 from .metrics import _scalars, default_precision, table_metric
 from .module import TaskModule, _RunState, _StepBudget
 
@@ -68,8 +75,11 @@ def train(config: TrainConfig | Mapping[str, Any], *,
         ``schedule``, ``smoke``, ``pretrained``, ``checkpoint`` ...
 
     Raises:
-        ValueError: bad settings, bands of the data that differ from the model's, a resume
-            with other settings.
+        ValueError: bad settings, bands of the data that differ from the model's, an empty
+            training split, a resume with other settings.
+        FileExistsError: the checkpoint folder holds a checkpoint and neither ``resume`` nor
+            ``overwrite`` is set.
+        RuntimeError: another run holds the checkpoint folder; an unreadable ``last.ckpt``.
         FloatingPointError: a NaN/inf loss (the message names the step and the likely cause).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -81,7 +91,7 @@ def train(config: TrainConfig | Mapping[str, Any], *,
     config_dict = cfg.to_dict()
     progress = (not cfg.quiet) if cfg.progress_bar is None else bool(cfg.progress_bar)
 
-    with _quiet(cfg.quiet):
+    with _quiet(cfg.quiet), contextlib.ExitStack() as held:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         loaders = dict(loaders) if loaders is not None else build_loaders(cfg)
         missing = [s for s in ("train", "val", "test") if s not in loaders]
@@ -99,6 +109,7 @@ def train(config: TrainConfig | Mapping[str, Any], *,
             if db is not None:
                 check_bands(bands, db, where=f"{split} data")
         train_ds = _dataset_of(loaders["train"])
+        check_train_split(len(train_ds), cfg)
         band_stats = getattr(train_ds, "band_stats", None)
         if band_stats is not None:
             band_stats = {b: band_stats[b] for b in bands}
@@ -112,15 +123,19 @@ def train(config: TrainConfig | Mapping[str, Any], *,
                             lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                             milestones=cfg.milestones, gamma=cfg.gamma, eval_mode=cfg.eval_mode,
                             window=cfg.img_size, positive=_POSITIVE_CLASS.get(cfg.dataset),
-                            precision=precision)
+                            precision=precision, max_steps=cfg.step_budget)
 
-        # ---- trainer
+        # ---- the run's folder: locked, its checkpoints kept unless told otherwise
         ckpt_dir = _checkpoint_dir(cfg)
+        if rank_zero_only.rank == 0:  # DDP: the launching process holds the lock for all
+            held.enter_context(RunLock(folder=ckpt_dir, config=config_dict))
+            claim_folder(ckpt_dir, config_dict, resume=cfg.resume, overwrite=cfg.overwrite)
         last = ckpt_dir / "last.ckpt"
         resume_from = last if cfg.resume and last.is_file() else None
-        if resume_from is None and ckpt_dir.is_dir():
-            for stale in ("last.ckpt", "best.ckpt"):  # a fresh run never resumes an old one
-                (ckpt_dir / stale).unlink(missing_ok=True)
+        if resume_from is not None:
+            read_checkpoint(last)  # a clear error for a truncated file; _RunState checks settings
+
+        # ---- trainer
         state = _RunState(getattr(loaders["train"], "generator", None), config_dict)
         ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{metric}",
                                mode="max", save_top_k=1, every_n_epochs=1,
@@ -132,9 +147,10 @@ def train(config: TrainConfig | Mapping[str, Any], *,
                                  enable_version_counter=False, auto_insert_metric_name=False)
         step_budget = cfg.step_budget
         max_epochs = _epoch_limit(cfg)
+        # the step budget is _StepBudget's, not Lightning's max_steps: under max_steps Lightning
+        # resumes an epoch-end checkpoint by replaying that epoch's end (a bogus history row)
         trainer = L.Trainer(
             max_epochs=max_epochs if max_epochs is not None else -1,
-            max_steps=step_budget if step_budget is not None else -1,
             accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
             precision=precision, logger=False,
             callbacks=[state, *([_StepBudget(step_budget)] if step_budget else []), *callbacks,
@@ -144,12 +160,15 @@ def train(config: TrainConfig | Mapping[str, Any], *,
             log_every_n_steps=1,
         )
         data = _RunData(loaders)
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
-                    weights_only=True)
+        with warnings.catch_warnings():  # claim_folder has dealt with what the folder holds
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+            trainer.fit(module, datamodule=data,
+                        ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
         best = ckpt.best_model_path
         if not best or not Path(best).is_file():
             raise RuntimeError(f"no best checkpoint was written in {ckpt_dir}: did validation "
                                f"run? (val split of {len(loaders['val'].dataset)} samples)")
+        check_checkpoint(best, config_dict, what="this run")
         state.active = False  # testing the best checkpoint must not rewind the run state
         trainer.test(module, datamodule=data, ckpt_path=best, verbose=not cfg.quiet,
                      weights_only=True)
@@ -174,6 +193,7 @@ def train(config: TrainConfig | Mapping[str, Any], *,
         "method": cfg.method,
         "method_kwargs": config_dict["method_kwargs"],
         "run": _run_label(cfg),
+        "run_id": run_id(config_dict),
         "seed": int(cfg.seed),
         "protocol": cfg.protocol,
         "protocol_detail": _protocol_detail(cfg, sizes),
@@ -210,8 +230,7 @@ def train(config: TrainConfig | Mapping[str, Any], *,
     }
     if cfg.out is not None and trainer.is_global_zero:
         path = result_path(cfg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+        write_atomic(path, json.dumps(result, indent=1, default=_jsonable) + "\n")
         result["path"] = str(path)
     return result
 
@@ -243,15 +262,21 @@ def load_model(result: Mapping[str, Any] | str | os.PathLike,
     Args:
         result: a result dict of :func:`train` or the path of its JSON file.
         checkpoint: another checkpoint of the same run (default: ``result["checkpoint"]``).
+
+    Raises:
+        ValueError: the checkpoint was written with other settings than the result's (another
+            run of the same key overwrote it).
     """
+    source = result.get("path") if isinstance(result, Mapping) else str(result)
     if not isinstance(result, Mapping):
         result = json.loads(Path(result).read_text())
     cfg = TrainConfig.from_dict(result["config"])
+    ckpt = check_checkpoint(checkpoint or result["checkpoint"], result["config"],
+                            what=f"the result {source}" if source else "this result")
     stats = result.get("band_stats")
     stats = {b: tuple(v) for b, v in stats.items()} if stats else None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = _build(cfg, list(result["bands"]), stats)
-    ckpt = torch.load(checkpoint or result["checkpoint"], map_location="cpu", weights_only=True)
     sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}

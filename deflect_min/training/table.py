@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,12 @@ from typing import Any
 import numpy as np
 
 from .config import PROTOCOLS
+from .guard import write_atomic
 from .metrics import table_metric
 
 __all__ = [
+    "RESULT_KEYS",
+    "UnreadableResultError",
     "load_results",
     "collect_results",
     "Cell",
@@ -28,24 +32,65 @@ __all__ = [
 
 
 # ============================================================================ the table
-def load_results(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Read result JSON files (each gets a ``"path"`` key)."""
+#: Keys the table reads from every result file.
+RESULT_KEYS = ("schema", "dataset", "gfm", "run", "seed", "protocol", "smoke", "metrics",
+               "params", "schedule")
+
+
+class UnreadableResultError(ValueError):
+    """A result file is not valid JSON or lacks what the table needs; the message names it."""
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    try:
+        r = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UnreadableResultError(f"{path}: unreadable ({type(error).__name__}: {error}); "
+                                    f"a run killed while writing it? Run that seed again, or "
+                                    f"delete the file.") from error
+    if not isinstance(r, dict):
+        raise UnreadableResultError(f"{path}: holds a {type(r).__name__}, not a result of "
+                                    f"deflect-train; move it out of the results folder.")
+    missing = [k for k in RESULT_KEYS if k not in r]
+    if missing:
+        raise UnreadableResultError(f"{path}: not a result of deflect-train (no {missing}); "
+                                    f"move it out of the results folder, or run that seed "
+                                    f"again.")
+    return r
+
+
+def load_results(paths: Iterable[str | os.PathLike], *, strict: bool = False
+                 ) -> list[dict[str, Any]]:
+    """Read result JSON files (each gets a ``"path"`` key).
+
+    Args:
+        paths: the files.
+        strict: raise :class:`UnreadableResultError` at the first file that is not valid JSON
+            or lacks a key of :data:`RESULT_KEYS`; default: skip it with a one-line warning
+            that names it.
+    """
     out = []
     for p in paths:
-        r = json.loads(Path(p).read_text())
-        if not isinstance(r, dict) or "schema" not in r or "metrics" not in r:
+        try:
+            r = _read_result(Path(p))
+        except UnreadableResultError as error:
+            if strict:
+                raise
+            warnings.warn(f"skipping {error}", stacklevel=2)
             continue
         r["path"] = str(p)
         out.append(r)
     return out
 
 
-def collect_results(root: str | os.PathLike = "results") -> list[dict[str, Any]]:
-    """Every result under ``root`` (``<dataset>/<gfm>/<run>/seed*.json``)."""
+def collect_results(root: str | os.PathLike = "results", *, strict: bool = False
+                    ) -> list[dict[str, Any]]:
+    """Every result under ``root`` (``<dataset>/<gfm>/<run>/seed*.json``); ``strict`` as in
+    :func:`load_results`."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return load_results(sorted(root.glob("*/*/*/seed*.json")))
+    return load_results(sorted(root.glob("*/*/*/seed*.json")), strict=strict)
 
 
 @dataclass
@@ -261,6 +306,6 @@ def write_table(table: Mapping[str, Any], prefix: str | os.PathLike) -> tuple[Pa
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     md, csv_path = prefix.with_suffix(".md"), prefix.with_suffix(".csv")
-    md.write_text(render_markdown(table))
-    csv_path.write_text(render_csv(table))
+    write_atomic(md, render_markdown(table))
+    write_atomic(csv_path, render_csv(table))
     return md, csv_path
