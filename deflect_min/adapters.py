@@ -155,8 +155,13 @@ def _rebuild_base(config: Mapping[str, Any]) -> nn.Module:
                          f"({config['base']['name']}): pass the base ViT, "
                          f"load_adapter(vit, path).")
     from .backbones import load_backbone
+    from .models import load_gfm
 
     torch.manual_seed(int(recipe.get("seed", 0)))
+    if recipe.get("arch_overrides"):  # a smoke run's tiny version of a GFM
+        return load_gfm(recipe["backbone"], weights=recipe.get("weights"),
+                        img_size=int(recipe.get("img_size", 224)),
+                        _arch_overrides=recipe["arch_overrides"])
     return load_backbone(recipe["backbone"], weights=recipe.get("weights"),
                          img_size=int(recipe.get("img_size", 224)))
 

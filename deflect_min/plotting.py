@@ -2,9 +2,10 @@
 
 A run is read from either of the files a training run writes:
 
-* Lightning's CSV log (``metrics.csv`` of ``lightning.pytorch.loggers.CSVLogger``, found in the
-  folder or below it): one row per logging call, ``step`` and ``epoch`` columns and one column
-  per logged name (``train/loss``, ``val/f1_macro`` ...);
+* Lightning's CSV logs (``metrics.csv`` of ``lightning.pytorch.loggers.CSVLogger``, found in the
+  folder or below it; a resumed run has one per session, ``version_0``, ``version_1`` ..., read
+  in that order): one row per logging call, ``step`` and ``epoch`` columns and one column per
+  logged name (``train/loss``, ``val/f1_macro`` ...);
 * the result JSON of :func:`deflect_min.training.train` (its ``history``: one entry per epoch
   with ``train_loss`` and the ``val_*`` metrics).
 
@@ -27,12 +28,17 @@ __all__ = ["read_curves", "plot_run", "main"]
 _METRIC_PREFIXES = ("val/", "val_")
 
 
+def _version(path: Path) -> tuple[int, str]:
+    tail = path.parent.name.rpartition("_")[2]
+    return (int(tail) if tail.isdigit() else -1, str(path))
+
+
 def _find(run: Path) -> Path:
     if run.is_file():
         return run
-    logs = sorted(run.rglob("metrics.csv"))
+    logs = sorted(run.rglob("metrics.csv"), key=_version)
     if logs:
-        return logs[-1]  # the latest version folder of the CSV logger
+        return logs[0].parent.parent if len(logs) > 1 else logs[0]  # a resumed run's sessions
     results = sorted(p for p in run.rglob("*.json") if p.name not in ("adapter.json",
                                                                       "config.json"))
     for path in results:
@@ -49,11 +55,12 @@ def read_curves(run: str | Path) -> pd.DataFrame:
     """The curves of ``run`` (a run folder, a ``metrics.csv`` or a result JSON), one row per
     logged step, indexed by ``step``; column names use ``/`` (``train/loss``, ``val/miou``)."""
     path = _find(Path(run))
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path)
+    if path.is_dir() or path.suffix == ".csv":
+        files = sorted(path.rglob("metrics.csv"), key=_version) if path.is_dir() else [path]
+        frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
         if "step" not in frame:
             raise ValueError(f"{path} has no 'step' column: not a Lightning CSVLogger file.")
-        frame = frame.groupby("step").first()  # Lightning writes train and val rows apart
+        frame = frame.groupby("step").last()  # train and val rows apart; a later session wins
     else:
         history = json.loads(path.read_text()).get("history") or []
         if not history:
@@ -112,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"deflect-plot: {e}", file=sys.stderr)
         return 2
-    out = args.out or source.with_name("curves.png")
+    out = args.out or (source / "curves.png" if source.is_dir() else source.with_name("curves.png"))
     fig.savefig(out, dpi=120)
     print(f"deflect-plot: wrote {out}")
     return 0

@@ -50,3 +50,13 @@ def test_nothing_to_plot_is_one_line_and_status_2(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("deflect-plot: no learning curves under") and err.count("\n") == 1
+
+
+def test_resumed_run_reads_every_session_in_order(tmp_path):
+    for version, steps in ((0, range(0, 3)), (1, range(3, 6))):
+        logger = CSVLogger(tmp_path, name="logs", version=version)
+        for step in steps:
+            logger.log_metrics({"train/loss": float(step)}, step=step)
+        logger.save()
+    curves = read_curves(tmp_path)
+    assert curves["train/loss"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from ..options import LOGGERS, PRECISIONS, PROTOCOLS
+
 __all__ = [
     "PROTOCOLS",
     "TASK_EPOCHS",
@@ -39,8 +41,6 @@ __all__ = [
     "smoke_config",
 ]
 
-#: The two protocols a result can belong to.
-PROTOCOLS = ("full", "reduced")
 #: PANGAEA's epochs per task (full protocol).
 TASK_EPOCHS = {"classification": 50, "segmentation": 80}
 #: GEO-Bench train partition of the reduced protocol (classification tasks).
@@ -58,9 +58,7 @@ FIXTURES = {"m-so2sat": "tests/data/geobench", "m-brick-kiln": "tests/data/geobe
 _POSITIVE_CLASS = {"hls-burn-scars": (1, "iou_burn_scar")}
 #: Config keys that may change between an interrupted run and its resumption.
 _RESUME_FREE = {"resume", "overwrite", "download", "root", "out", "work_dir", "num_workers",
-                "quiet", "progress_bar", "accelerator", "devices", "strategy"}
-#: Precisions a run accepts (Lightning's names).
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+                "quiet", "progress_bar", "accelerator", "devices", "strategy", "logger"}
 #: What a run name (``name``, a results sub-folder) may be made of: one folder, no path.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
@@ -75,7 +73,8 @@ class TrainConfig:
         dataset: a :data:`deflect_min.data.DATASETS` key (``"m-so2sat"``, ``"m-brick-kiln"``,
             ``"m-forestnet"``, ``"hls-burn-scars"``, ``"mados"``).
         root: the dataset's root folder.
-        gfm: a :data:`deflect_min.GFM_NAMES` name.
+        gfm: the backbone: a :data:`deflect_min.GFM_NAMES` name, ``timm:NAME`` (any timm ViT)
+            or ``hf-hub:ORG/NAME`` (:func:`deflect_min.backbones.load_backbone`).
         weights: ``"download"`` (official weights), a checkpoint path, or ``None`` (random
             initialisation: CI and smoke runs).
         method: a :data:`deflect_min.METHODS` name.
@@ -115,6 +114,8 @@ class TrainConfig:
         quiet: no progress bar, no model summary, no Lightning info messages (reproducible
             notebook outputs).
         progress_bar: override the progress bar (default: ``not quiet``).
+        logger: ``"csv"`` (default: ``<run folder>/logs/metrics.csv``, drawn by
+            ``deflect-plot``), ``"tensorboard"`` (needs the tensorboard package) or ``"none"``.
         name: results sub-folder of this run (default: :func:`run_name`).
     """
 
@@ -156,6 +157,7 @@ class TrainConfig:
     quiet: bool = False
     progress_bar: bool | None = None
     name: str | None = None
+    logger: str = "csv"
 
     # ------------------------------------------------------------------ derived
     @property
@@ -193,7 +195,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot run or would mislabel the result."""
-        from deflect_min.adaptation import METHODS
+        from deflect_min.backbones import backbone_names_help
+        from deflect_min.methods import config_of
         from deflect_min.models import GFM_NAMES
 
         _dataset_cls(self.dataset)
@@ -212,11 +215,21 @@ class TrainConfig:
             raise ValueError(f"name={self.name!r} is not a plain folder name: a run name is one "
                              f"sub-folder of the results folder (letters, digits, '.', '_', "
                              f"'+', '=', '-'; no '/' or '..'), e.g. name='deflect_lr3e-4'.")
-        if self.gfm not in GFM_NAMES:
-            raise ValueError(f"unknown gfm {self.gfm!r}; valid names are {list(GFM_NAMES)}.")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods are "
-                             f"{sorted(METHODS)}.")
+        if self.gfm not in GFM_NAMES and not str(self.gfm).startswith(("timm:", "hf-hub:")):
+            raise ValueError(f"unknown gfm {self.gfm!r}; pass {backbone_names_help}.")
+        if self.arch_overrides and self.gfm not in GFM_NAMES:
+            raise ValueError("arch_overrides applies to the GFMs of load_gfm only; choose the "
+                             "architecture of a timm backbone through its name.")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {list(LOGGERS)}, got {self.logger!r}.")
+        if self.logger == "tensorboard":
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None \
+                    and importlib.util.find_spec("tensorboardX") is None:
+                raise ValueError("logger='tensorboard' needs the tensorboard package: pip "
+                                 "install tensorboard, or use logger='csv'.")
+        config_of(self.method, **self.method_kwargs)  # unknown methods and options named
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}.")
         if self.eval_mode not in ("full", "center"):

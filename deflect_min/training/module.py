@@ -133,6 +133,7 @@ class TaskModule(L.LightningModule):
             raise FloatingPointError(self._nan_message(loss, x, batch_idx))
         self._loss_sum = self._loss_sum + loss.detach()
         self._loss_n += 1
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
         return loss
 
     def _eval_logits(self, x: Tensor) -> Tensor:

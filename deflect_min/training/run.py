@@ -46,6 +46,7 @@ from .bookkeeping import (_checkpoint_dir, _device, _epoch_limit, _protocol_deta
 from .config import _POSITIVE_CLASS, TrainConfig, _dataset_cls, _jsonable
 from .data import (_dataset_of, _loader_bands, _RunData, build_loaders, check_bands,
                    check_train_split)
+from ..adapters import save_adapter
 from .guard import RunLock, check_checkpoint, claim_folder, read_checkpoint, run_id, write_atomic
 from .metrics import _scalars, default_precision, table_metric
 from .module import TaskModule, _RunState, _StepBudget
@@ -147,12 +148,15 @@ def train(config: TrainConfig | Mapping[str, Any], *,
                                  enable_version_counter=False, auto_insert_metric_name=False)
         step_budget = cfg.step_budget
         max_epochs = _epoch_limit(cfg)
+        if max_epochs is None:  # the budget in epochs, so that the progress bar can count them
+            max_epochs = -(-int(step_budget) // max(1, len(loaders["train"])))
+        write_atomic(ckpt_dir / "config.yaml", effective_config_yaml(config_dict))
         # the step budget is _StepBudget's, not Lightning's max_steps: under max_steps Lightning
         # resumes an epoch-end checkpoint by replaying that epoch's end (a bogus history row)
         trainer = L.Trainer(
-            max_epochs=max_epochs if max_epochs is not None else -1,
+            max_epochs=max_epochs,
             accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-            precision=precision, logger=False,
+            precision=precision, logger=_logger(cfg.logger, ckpt_dir),
             callbacks=[state, *([_StepBudget(step_budget)] if step_budget else []), *callbacks,
                        ckpt, latest],
             enable_progress_bar=progress, enable_model_summary=not cfg.quiet,
@@ -172,6 +176,9 @@ def train(config: TrainConfig | Mapping[str, Any], *,
         state.active = False  # testing the best checkpoint must not rewind the run state
         trainer.test(module, datamodule=data, ckpt_path=best, verbose=not cfg.quiet,
                      weights_only=True)
+        adapter = None
+        if trainer.is_global_zero:  # the tested (best) weights, reloadable from the folder alone
+            adapter = save_adapter(model, ckpt_dir / "adapter", base=_base_recipe(cfg))
 
     test = module.test_result or {}
     best_entry = None  # as ModelCheckpoint chooses: the first epoch with the highest (float32) score
@@ -226,6 +233,7 @@ def train(config: TrainConfig | Mapping[str, Any], *,
         "versions": _versions(),
         "config": config_dict,
         "checkpoint": str(best),
+        "adapter": str(adapter) if adapter is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if cfg.out is not None and trainer.is_global_zero:
@@ -235,16 +243,49 @@ def train(config: TrainConfig | Mapping[str, Any], *,
     return result
 
 
+def _base_recipe(cfg: TrainConfig) -> dict[str, Any]:
+    """How :func:`deflect_min.load_adapter` rebuilds this run's base model (the frozen weights
+    of a randomly initialised base come from the seed)."""
+    return {"backbone": cfg.gfm, "weights": cfg.weights, "img_size": int(cfg.img_size),
+            "seed": int(cfg.seed), "arch_overrides": cfg.arch_overrides}
+
+
+def _logger(kind: str, folder: Path):
+    """Lightning's CSV (``<folder>/logs/version_<k>/metrics.csv``, one version per session of
+    a resumed run) or TensorBoard logger, or none."""
+    if kind == "none":
+        return False
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    cls = CSVLogger if kind == "csv" else TensorBoardLogger
+    return cls(folder, name="logs")
+
+
+def effective_config_yaml(config: Mapping[str, Any]) -> str:
+    """The run's every setting as YAML: ``deflect-train --config`` takes it back."""
+    import yaml
+
+    plain = json.loads(json.dumps(dict(config), default=_jsonable))
+    return "# the effective settings of this run (deflect-train --config takes this file)\n" + \
+        yaml.safe_dump(plain, sort_keys=False)
+
+
 def _build(cfg: TrainConfig, bands: list[str], band_stats: Mapping[str, Any] | None
            ) -> nn.Module:
-    """The run's model: :func:`~deflect_min.load_gfm` + :func:`~deflect_min.build_model` (the
-    same in :func:`train` and :func:`load_model`, so that a checkpoint fits its rebuild)."""
+    """The run's model: the backbone (:func:`~deflect_min.backbones.load_backbone`, or
+    :func:`~deflect_min.load_gfm` for a smoke run's tiny architecture) +
+    :func:`~deflect_min.build_model` (the same in :func:`train` and :func:`load_model`, so that
+    a checkpoint fits its rebuild)."""
+    from deflect_min.backbones import load_backbone
     from deflect_min.build import build_model
     from deflect_min.models import load_gfm
 
     ds_cls = _dataset_cls(cfg.dataset)
-    encoder = load_gfm(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size,
-                       _arch_overrides=cfg.arch_overrides)
+    if cfg.arch_overrides:
+        encoder = load_gfm(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size,
+                           _arch_overrides=cfg.arch_overrides)
+    else:
+        encoder = load_backbone(cfg.gfm, weights=cfg.weights, img_size=cfg.img_size)
     return build_model(ds_cls.task, encoder, cfg.method, bands=bands,
                        num_classes=len(ds_cls.classes), band_stats=band_stats,
                        head_kwargs=cfg.head_kwargs, **cfg.method_kwargs)
