@@ -99,7 +99,7 @@ class GFMCard:
         pretraining: pretraining data and method.
         licence: licence of the pretrained weights.
         source: where the weights are published.
-        checksum: the published checksum of the file (``md5:...`` or ``sha256-prefix:...``), or
+        checksum: the published checksum of the file (``md5:...`` or ``sha256:...``), or
             ``None`` where none is published.
         rgb_roles: spyndex roles of the three input channels, in the order the model was
             pretrained with (always red, green, blue here).
@@ -175,6 +175,16 @@ def _scalemae_url() -> str:
     return ScaleMAELarge16_Weights.FMOW_RGB.url
 
 
+#: The full SHA-256 of Scale-MAE's checkpoint (1,213,304,038 bytes), from the Git-LFS pointer of
+#: the file on the Hugging Face hub. torchgeo 0.8.x names the file ``...-98ed9821.pth`` (HF
+#: revision 9dc7f56) and torchgeo 0.10.x ``...-386989c9.pth`` (revision 75650aa,
+#: ``torchgeo/models/scale_mae.py`` line 192 of the 0.10.1 wheel): the same bytes, and only the
+#: second name starts with their hash, so the hash is pinned here, not read from the name.
+SCALEMAE_SHA256 = "386989c9cf349a5045c2ac76f7d0225ae3a54b2a2c158fa87e5df5103e5d9ed9"
+#: One cache name for both torchgeo versions (no second 1.2 GB download after an upgrade).
+SCALEMAE_FILENAME = "vit_large_patch16_224_fmow_rgb_scalemae-386989c9.pth"
+
+
 _VIT_L = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, qkv_bias=True)
 _VIT_B = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True)
 _VIT_S8 = dict(patch_size=8, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, qkv_bias=True)
@@ -239,7 +249,7 @@ _SPECS: dict[str, _Spec] = {
             licence="CC-BY-NC-4.0",
             source="https://huggingface.co/torchgeo/vit_large_patch16_224_fmow_rgb_scalemae "
             "(torchgeo ScaleMAELarge16_Weights.FMOW_RGB)",
-            checksum=None,  # filled from the URL's sha256 prefix
+            checksum=f"sha256:{SCALEMAE_SHA256}",
             rgb_bands_pretraining="fMoW-RGB (R, G, B); PANGAEA feeds Sentinel-2 B04, B03, B02",
             norm_mean=IMAGENET_MEAN,
             norm_std=IMAGENET_STD,
@@ -249,8 +259,8 @@ _SPECS: dict[str, _Spec] = {
             "encoding; the stored pos_embed is unused and frozen.",
         ),
         arch_kwargs=dict(_VIT_L),
-        filename=lambda: _scalemae_url().rsplit("/", 1)[-1],
-        url=_scalemae_url,
+        filename=SCALEMAE_FILENAME,
+        url=lambda: _scalemae_url(),  # looked up at call time: torchgeo's, or a test's stand-in
     ),
     "cross_scale_mae_base": _cross_scale_mae_spec(
         "base", "ViT-B/16", "vit_base_patch16_224", _VIT_B,
@@ -376,17 +386,9 @@ def _expected_checksum(name: str, md5: str | bool | None) -> tuple[str, str] | N
     spec = _spec(name)
     if spec.md5:
         return ("md5", spec.md5)
-    if spec.url is not None:
-        prefix = _sha256_prefix(gfm_cache_path(name).name)
-        if prefix:
-            return ("sha256", prefix)
+    if name == "scalemae":
+        return ("sha256", SCALEMAE_SHA256)
     return None
-
-
-def _sha256_prefix(filename: str) -> str | None:
-    """The sha256 prefix in a torchvision/torch.hub style file name ``name-<prefix>.pth``."""
-    m = re.search(r"-([a-f0-9]{6,})\.", filename)
-    return m.group(1) if m else None
 
 
 def _verify(path: Path, name: str, expected: tuple[str, str] | None) -> None:
@@ -398,10 +400,10 @@ def _verify(path: Path, name: str, expected: tuple[str, str] | None) -> None:
         return
     algo, want = expected
     got = _file_digest(path, algo)
-    if not got.startswith(want):
+    if got != want:
         raise RuntimeError(
             f"{name}: checksum mismatch for {path}: {algo} is {got}, expected "
-            f"{want}{'...' if algo == 'sha256' else ''}. The file is corrupted or incomplete (an "
+            f"{want}. The file is corrupted or incomplete (an "
             f"interrupted or rate-limited download often leaves an HTML page instead of the "
             f"checkpoint). Delete it and download it again, or pass md5=False to skip the check "
             f"if you know the file is right."
@@ -437,6 +439,11 @@ def _fetch(name: str, md5: str | bool | None) -> Path:
     spec = _spec(name)
     dst = gfm_cache_path(name)
     expected = _expected_checksum(name, md5)
+    if not dst.exists() and spec.url is not None:  # the same file under the URL's own name
+        other = dst.with_name((spec.url() if callable(spec.url) else spec.url).rsplit("/", 1)[-1])
+        if other != dst and other.is_file():
+            _verify(other, name, expected)
+            other.rename(dst)
     if dst.exists():
         _verify(dst, name, expected)
         return dst
@@ -765,9 +772,6 @@ def load_gfm(
     arch = dict(spec.arch_kwargs)
     arch.update(_arch_overrides or {})
     card = spec.card
-    if name == "scalemae":
-        card = replace(card, checksum=_scalemae_checksum())
-
     if weights is None:
         model = _build(name, img_size, arch, res=res)
         weights_desc, pretrained = "random initialisation (no pretrained weights)", False
@@ -819,11 +823,3 @@ def load_gfm(
         else card.timm_arch.replace(f"patch{card.patch_size}", f"patch{int(patch)}"),
     )
     return model
-
-
-def _scalemae_checksum() -> str | None:
-    try:
-        prefix = _sha256_prefix(_scalemae_url().rsplit("/", 1)[-1])
-    except Exception:  # noqa: BLE001 - torchgeo missing: no checksum to show
-        return None
-    return f"sha256-prefix:{prefix}" if prefix else None

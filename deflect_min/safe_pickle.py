@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StandIn", "RefusedPickleError", "restricted_loads"]
+__all__ = ["StandIn", "RefusedPickleError", "restricted_loads", "numpy_globals"]
 
 
 class RefusedPickleError(pickle.UnpicklingError):
@@ -57,7 +57,9 @@ class _NDArrayMarker:
         raise _refuse(self.source, "a direct call of numpy.ndarray")
 
 
-def _numpy_globals(source: str) -> dict[tuple[str, str], Any]:
+def numpy_globals(source: str) -> dict[tuple[str, str], Any]:
+    """numpy's pickle globals (arrays, dtypes, scalars), each refusing object dtypes and
+    ``ndarray`` subclasses; ``source`` is named in the errors. For other restricted unpicklers."""
     marker = _NDArrayMarker(source)
 
     def reconstruct(subtype, shape, dtype):
@@ -68,6 +70,12 @@ def _numpy_globals(source: str) -> dict[tuple[str, str], Any]:
     def dtype(*args):
         return _checked(np.dtype(*args))
 
+    def scalar(dtype, *args):
+        return np.core.multiarray.scalar(_checked(dtype), *args)
+
+    def frombuffer(buf, dtype, shape, order):
+        return np.frombuffer(buf, _checked(np.dtype(dtype))).reshape(shape, order=order)
+
     def _checked(d: np.dtype) -> np.dtype:
         if d.hasobject:
             raise _refuse(source, f"an array of Python objects (dtype {d})")
@@ -75,8 +83,10 @@ def _numpy_globals(source: str) -> dict[tuple[str, str], Any]:
 
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): marker,
                                            ("numpy", "dtype"): dtype}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and 2 names
-        allowed[(module, "_reconstruct")] = reconstruct
+    for core in ("numpy.core", "numpy._core"):  # numpy 1 and 2 names
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
     return allowed
 
 
@@ -107,5 +117,5 @@ def restricted_loads(data: bytes, *, classes: Mapping[tuple[str, str], type],
         RefusedPickleError: the pickle names a global outside the allow-list, an ``ndarray``
             subclass or an object array.
     """
-    allowed = {**_numpy_globals(source), **classes}
+    allowed = {**numpy_globals(source), **classes}
     return _Unpickler(io.BytesIO(data), allowed=allowed, source=source).load()

@@ -350,6 +350,31 @@ def test_restricted_unpickler_stubs_and_refuses() -> None:
         RestrictedUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
 
 
+class _ArraySubclass(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("payload, refused", [
+    # an object array (geobench/_safe_pickle.py refuses them: their items are arbitrary objects)
+    ({"label": np.array([1, "x", None], dtype=object)}, "array of Python objects|builtins.object"),
+    # an ndarray subclass: its class is a global outside the allow-list
+    ({"label": np.arange(3).view(_ArraySubclass)}, "_ArraySubclass"),
+    # a global outside the allow-list, called by the pickle
+    ({"label": __import__("subprocess").Popen}, "subprocess.Popen"),
+])
+def test_geobench_unpickler_refuses_dangerous_payloads(payload, refused) -> None:
+    with pytest.raises(pickle.UnpicklingError, match=refused):
+        RestrictedUnpickler(io.BytesIO(pickle.dumps(payload, protocol=4))).load()
+
+
+def test_geobench_unpickler_reads_plain_arrays_and_scalars() -> None:
+    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float64(2.5),
+            "d": np.dtype("int16")}
+    out = RestrictedUnpickler(io.BytesIO(pickle.dumps(data, protocol=4))).load()
+    assert type(out["a"]) is np.ndarray and np.array_equal(out["a"], data["a"])
+    assert out["s"] == 2.5 and out["d"] == np.dtype("int16")
+
+
 # ----------------------------------------------------------------------------- plot, loaders
 def test_plot(tmp_path: Path) -> None:
     import matplotlib

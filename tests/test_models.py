@@ -61,7 +61,7 @@ def test_scalemae_fake_checkpoint_features(tmp_path):
     assert model.unused_parameters == ("pos_embed",)
     card = model.gfm_card
     assert card.pretrained and card.licence == "CC-BY-NC-4.0" and card.rgb_roles == ("R", "G", "B")
-    assert card.checksum.startswith("sha256-prefix:")
+    assert card.checksum == "sha256:386989c9cf349a5045c2ac76f7d0225ae3a54b2a2c158fa87e5df5103e5d9ed9"
 
 
 @pytest.mark.parametrize("variant", ["xformers", "timm"])
@@ -185,7 +185,24 @@ def test_failed_drive_download_explains_manual_placement(torch_home, monkeypatch
     assert "18RqKqZYzigOjwbyNzLsys8bmwqxrNhyt" in msg
 
 
-def test_scalemae_url_download_and_sha256_prefix(tmp_path, torch_home, monkeypatch):
+#: Scale-MAE's URL in each torchgeo our users run (0.8.x on Python 3.11: torchgeo
+#: models/scale_mae.py of the 0.8.1 wheel; 0.10.x on Colab's 3.12: line 192 of the 0.10.1 wheel).
+SCALEMAE_URLS = {
+    "0.8": "https://hf.co/isaaccorley/vit_large_patch16_224_fmow_rgb_scalemae/resolve/"
+           "9dc7f569424baeb780698352cf6e87638c882123/"
+           "vit_large_patch16_224_fmow_rgb_scalemae-98ed9821.pth",
+    "0.10": "https://hf.co/isaaccorley/vit_large_patch16_224_fmow_rgb_scalemae/resolve/"
+            "75650aaca720ef9c6638d16f5b4375f0022c56c9/"
+            "vit_large_patch16_224_fmow_rgb_scalemae-386989c9.pth",
+}
+
+
+@pytest.mark.parametrize("torchgeo", list(SCALEMAE_URLS))
+def test_scalemae_download_under_each_torchgeo_url(torchgeo, tmp_path, torch_home, monkeypatch):
+    import hashlib
+
+    from deflect_min import models
+
     src = mk.write_scalemae(tmp_path / "fake.pth", mk.canonical_vit(grid=14))
     urls: list = []
 
@@ -193,11 +210,35 @@ def test_scalemae_url_download_and_sha256_prefix(tmp_path, torch_home, monkeypat
         urls.append(url)
         shutil.copyfile(src, dst)
 
+    monkeypatch.setattr(models, "_scalemae_url", lambda: SCALEMAE_URLS[torchgeo])
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
-    with pytest.raises(RuntimeError, match="checksum mismatch"):  # not the published file
+    # the real file's full sha256 is pinned: the stand-in is refused, and deleted
+    with pytest.raises(RuntimeError, match=f"expected {models.SCALEMAE_SHA256}"):
         load_gfm("scalemae", "download", _arch_overrides=TINY)
-    model = load_gfm("scalemae", "download", md5=_md5(src), _arch_overrides=TINY)
-    assert urls[0].endswith(gfm_cache_path("scalemae").name) and model.gfm_card.pretrained
+    assert not gfm_cache_path("scalemae").exists()
+    # with the stand-in's own hash pinned instead, the same code path accepts it
+    monkeypatch.setattr(models, "SCALEMAE_SHA256", hashlib.sha256(src.read_bytes()).hexdigest())
+    model = load_gfm("scalemae", "download", _arch_overrides=TINY)
+    assert urls == [SCALEMAE_URLS[torchgeo]] * 2 and model.gfm_card.pretrained
+    # one cache name for both torchgeo versions
+    assert gfm_cache_path("scalemae").name == "vit_large_patch16_224_fmow_rgb_scalemae-386989c9.pth"
+    assert gfm_cache_path("scalemae").is_file()
+
+
+def test_scalemae_cached_under_torchgeos_old_name_is_reused(tmp_path, torch_home, monkeypatch):
+    import hashlib
+
+    from deflect_min import models
+
+    src = mk.write_scalemae(tmp_path / "fake.pth", mk.canonical_vit(grid=14))
+    old = gfm_cache_path("scalemae").with_name(SCALEMAE_URLS["0.8"].rsplit("/", 1)[-1])
+    old.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, old)
+    monkeypatch.setattr(models, "_scalemae_url", lambda: SCALEMAE_URLS["0.8"])
+    monkeypatch.setattr(models, "SCALEMAE_SHA256", hashlib.sha256(src.read_bytes()).hexdigest())
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download"))
+    assert load_gfm("scalemae", "download", _arch_overrides=TINY).gfm_card.pretrained
+    assert gfm_cache_path("scalemae").is_file() and not old.exists()
 
 
 # ---------------------------------------------------------------------------------------------

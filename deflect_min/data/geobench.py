@@ -8,8 +8,10 @@ One HDF5 file per sample, one HDF5 dataset per band. Two facts shape this reader
 * The class label lives only in the file attribute ``attrs["pickle"]``, a pickled dict that
   references ``geobench`` classes (and ``affine``, ``rasterio``, ``datetime``, numpy). It is read
   with :class:`RestrictedUnpickler`: geobench-family classes become inert stubs, a short
-  allow-list of builtins, ``datetime``, ``collections`` and numpy reconstructors is allowed, and
-  anything else is refused. ``geobench`` itself is never imported.
+  allow-list of builtins, ``datetime`` and ``collections`` is allowed, numpy arrays and scalars
+  only of dtypes that hold no Python objects and never as ``ndarray`` subclasses (as geobench's
+  own ``geobench/_safe_pickle.py`` refuses them: object arrays are a known route to code
+  execution), and anything else is refused. ``geobench`` itself is never imported.
 
 Data: Hugging Face dataset ``recursix/geo-bench-1.0`` (CC-BY-SA-4.0), one zip per task under
 ``classification_v1.0/``, unpacked to ``<root>/classification_v1.0/<m-name>/``.
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..safe_pickle import RefusedPickleError, numpy_globals
 from . import _download
 from ._common import BenchmarkDataset
 
@@ -77,11 +80,6 @@ _ALLOWED: dict[str, set[str]] = {
                  "bytes", "bytearray", "bool", "slice", "range", "object"},
     "datetime": {"date", "datetime", "time", "timedelta", "timezone"},
     "collections": {"OrderedDict", "defaultdict", "deque"},
-    "numpy": {"dtype", "ndarray"},
-    "numpy.core.multiarray": {"_reconstruct", "scalar"},
-    "numpy._core.multiarray": {"_reconstruct", "scalar"},
-    "numpy.core.numeric": {"_frombuffer"},
-    "numpy._core.numeric": {"_frombuffer"},
 }
 _STUBS: dict[tuple[str, str], type] = {}
 
@@ -91,11 +89,19 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     Classes from modules starting with ``geobench``, ``ccb`` (GEO-Bench's historic name),
     ``affine`` or ``rasterio`` are replaced by inert stub classes that only store their state;
-    a small allow-list of builtins, ``datetime``, ``collections`` and numpy array/scalar
-    reconstructors is honoured; everything else raises :class:`pickle.UnpicklingError`.
+    a small allow-list of builtins, ``datetime`` and ``collections`` is honoured, and numpy's
+    array and scalar reconstructors through :func:`deflect_min.safe_pickle.numpy_globals`
+    (no object dtypes, no ``ndarray`` subclasses); everything else raises
+    :class:`~deflect_min.safe_pickle.RefusedPickleError` (a :class:`pickle.UnpicklingError`).
     """
 
+    def __init__(self, file: Any, *, source: str = "a GEO-Bench attribute") -> None:
+        super().__init__(file)
+        self._numpy = numpy_globals(source)
+
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        if (module, name) in self._numpy:
+            return self._numpy[(module, name)]
         if module.split(".")[0] in _STUB_MODULES:
             key = (module, name)
             if key not in _STUBS:
@@ -103,7 +109,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _STUBS[key]
         if name in _ALLOWED.get(module, ()):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (not allow-listed)")
+        raise RefusedPickleError(f"refusing to unpickle {module}.{name} (not allow-listed): it "
+                                 f"could run code; nothing was executed.")
 
 
 def read_geobench_attrs(h5file: Any) -> dict[str, Any]:
