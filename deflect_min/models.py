@@ -44,10 +44,10 @@ Three facts about the official checkpoints that this module handles and a reader
   ``norm``) holds whatever the file holds, as in the official fine-tuning script. The official
   fine-tuning script loads *nothing* (``load_state_dict(checkpoint, strict=False)`` on the wrong
   dict); here every encoder key must be found or loading fails.
-* **DINO-MC.** The README calls the ViT "ViT-S/16", but the training script's default is patch 8
-  and the release is documented as ViT-S/8: the patch size is read from the checkpoint's
-  ``patch_embed.proj.weight`` and the matching timm model (``vit_small_patch8_224`` or
-  ``vit_small_patch16_224``) is built. The teacher network is used, as in the DINO evaluation code.
+* **DINO-MC.** The release is a ViT-S/8 (its README and the training script's default patch
+  size agree); the patch size is read from the checkpoint's ``patch_embed.proj.weight`` all the
+  same, and the matching timm model (``vit_small_patch8_224`` or ``vit_small_patch16_224``) is
+  built. The teacher network is used, as in the DINO evaluation code.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ _SPECS: dict[str, _Spec] = {
         card=_card(
             _VIT_S8,
             name="dino_mc",
-            arch="ViT-S/8 (the README says ViT-S/16; the patch size is read from the checkpoint)",
+            arch="ViT-S/8 (the patch size is read from the checkpoint)",
             timm_arch="vit_small_patch8_224",
             pretraining="DINO-MC (Wanyan et al., 2023) on SeCo-100K RGB, teacher network",
             licence="MIT",

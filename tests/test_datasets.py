@@ -489,3 +489,4 @@ def test_sliding_window_batches_give_the_same_logits(batch_size) -> None:
     assert torch.equal(many.argmax(1), one.argmax(1))
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         sliding_window_logits(conv, image, num_classes=4, window=16, batch_size=0)
+
