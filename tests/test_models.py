@@ -14,7 +14,7 @@ from torch import nn
 import deflect_min.models as models
 from deflect_min.build import GFMClassifier, GFMSegmenter, build_model
 from deflect_min.heads import ClassificationHead, Feature2Pyramid, UPerNet
-from deflect_min.models import GFM_NAMES, PostNormBlock, gfm_cache_path, load_gfm
+from deflect_min.models import GFM_NAMES, PostNormBlock, cards, gfm_cache_path, load_gfm
 
 _spec = importlib.util.spec_from_file_location(
     "make_checkpoints", Path(__file__).parent / "data" / "gfm" / "make_checkpoints.py")
@@ -148,7 +148,7 @@ def test_gdown_download_cached_and_md5_checked(tmp_path, torch_home, monkeypatch
                      _arch_overrides=TINY)
     cached = gfm_cache_path("cross_scale_mae_base")
     assert cached.is_file() and str(cached).startswith(str(torch_home))
-    assert calls == [models._SPECS["cross_scale_mae_base"].gdrive_id]
+    assert calls == [cards._SPECS["cross_scale_mae_base"].gdrive_id]
     assert model.gfm_card.pretrained
     load_gfm("cross_scale_mae_base", "download", img_size=128, md5=good, _arch_overrides=TINY)
     assert len(calls) == 1  # second call reads the cache
@@ -201,7 +201,7 @@ SCALEMAE_URLS = {
 def test_scalemae_download_under_each_torchgeo_url(torchgeo, tmp_path, torch_home, monkeypatch):
     import hashlib
 
-    from deflect_min import models
+    from deflect_min.models import cards as models  # the registry: URL and pinned hash
 
     src = mk.write_scalemae(tmp_path / "fake.pth", mk.canonical_vit(grid=14))
     urls: list = []
@@ -228,7 +228,7 @@ def test_scalemae_download_under_each_torchgeo_url(torchgeo, tmp_path, torch_hom
 def test_scalemae_cached_under_torchgeos_old_name_is_reused(tmp_path, torch_home, monkeypatch):
     import hashlib
 
-    from deflect_min import models
+    from deflect_min.models import cards as models  # the registry: URL and pinned hash
 
     src = mk.write_scalemae(tmp_path / "fake.pth", mk.canonical_vit(grid=14))
     old = gfm_cache_path("scalemae").with_name(SCALEMAE_URLS["0.8"].rsplit("/", 1)[-1])
