@@ -91,20 +91,20 @@ class Clock(Callback):
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_train_start(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
         now = self._now()
         if trainer.current_epoch > 1:  # the previous epoch, not the first (warm-up)
             self.epoch_overhead.append(now - self._epoch_start - self._accounted)
         self._epoch_start, self._accounted, self._end = now, 0.0, None
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t = self._now()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch,  # noqa: D102
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch,
                            batch_idx) -> None:
         now = self._now()
         with_data = None if self._end is None else now - self._end

@@ -103,6 +103,7 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 __all__ = [
+    "__version__",
     "BANDS",
     "BEN19_CLASSES",
     "BigEarthNetSamples",

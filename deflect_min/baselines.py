@@ -121,7 +121,8 @@ class InflatedPatchEmbed(DecomposedPatchEmbed):
 
 
 def baseline_input(vit: nn.Module, *, bands, rgb_bands, band_stats: BandStats = None,
-                   input: str = "rgb", inflate_init: str = "zeros") -> None:
+                   input: str = "rgb",  # noqa: A002 - the baselines' option keeps its name
+                   inflate_init: str = "zeros") -> None:
     """Replace ``vit.patch_embed``: RGB bands only (``input="rgb"``) or all bands
     (``input="inflated"``, kernels beyond RGB initialised by ``inflate_init``)."""
     if input not in INPUTS:

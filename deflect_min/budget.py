@@ -55,7 +55,8 @@ def _gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def budget(models: Sequence[str] = BUDGET_MODELS, methods: Sequence[str] = BUDGET_METHODS, *,
-           bands: Sequence[str] = S2_10, img_size: int = 224, input: str = "rgb",
+           bands: Sequence[str] = S2_10, img_size: int = 224,
+           input: str = "rgb",  # noqa: A002 - the baselines' option keeps its name
            flops: bool = True) -> pd.DataFrame:
     """One row per (model, method), each with its default configuration.
 

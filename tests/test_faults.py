@@ -12,7 +12,6 @@ import pickle
 import re
 import shutil
 import tarfile
-import urllib.request
 import warnings
 import zipfile
 from pathlib import Path

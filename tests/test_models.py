@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-import deflect_min.models as models
 from deflect_min.build import GFMClassifier, GFMSegmenter, build_model
 from deflect_min.heads import ClassificationHead, Feature2Pyramid, UPerNet
 from deflect_min.models import GFM_NAMES, PostNormBlock, cards, gfm_cache_path, load_gfm

@@ -38,7 +38,7 @@ from deflect_min.training import (
 )
 from deflect_min.training.data import _RunData
 
-from tests.helpers import DATA, GEOBENCH, HLS, MADOS_ROOT
+from tests.helpers import GEOBENCH, HLS, MADOS_ROOT
 
 RESULT_FIELDS = {
     "schema", "dataset", "task", "gfm", "method", "method_kwargs", "run", "seed", "protocol",

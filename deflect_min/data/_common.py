@@ -26,7 +26,7 @@ class DataNotFoundError(DatasetNotFoundError):
     :class:`FileNotFoundError`), with a message that names the dataset.
     """
 
-    def __init__(self, message: str) -> None:  # noqa: D107
+    def __init__(self, message: str) -> None:
         FileNotFoundError.__init__(self, message)
 
 

@@ -99,7 +99,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file)
         self._numpy = numpy_globals(source)
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._numpy:
             return self._numpy[(module, name)]
         if module.split(".")[0] in _STUB_MODULES:

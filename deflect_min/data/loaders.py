@@ -44,10 +44,10 @@ Sample = dict[str, Tensor]
 class Resize:
     """Resize ``image`` (bilinear) and ``mask`` (nearest) to ``size`` x ``size``."""
 
-    def __init__(self, size: int) -> None:  # noqa: D107
+    def __init__(self, size: int) -> None:
         self.size = size
 
-    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+    def __call__(self, sample: Sample) -> Sample:
         sample = dict(sample)
         image = sample["image"]
         if image.shape[-2:] != (self.size, self.size):
@@ -75,13 +75,13 @@ def _pad_to(sample: Sample, size: int, ignore_index: int) -> Sample:
 class _Crop:
     """``size`` x ``size`` crop of image and mask (padding with ``ignore_index`` if small)."""
 
-    def __init__(self, size: int, ignore_index: int = -1) -> None:  # noqa: D107
+    def __init__(self, size: int, ignore_index: int = -1) -> None:
         self.size, self.ignore_index = size, ignore_index
 
     def _origin(self, max_top: int, max_left: int) -> tuple[int, int]:
         raise NotImplementedError
 
-    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+    def __call__(self, sample: Sample) -> Sample:
         sample = _pad_to(sample, self.size, self.ignore_index)
         h, w = sample["image"].shape[-2:]
         top, left = self._origin(h - self.size, w - self.size)
@@ -114,7 +114,7 @@ class Standardize:
     clamped to 1e-12.
     """
 
-    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:  # noqa: D107
+    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:
         from ..embedding import Standardize as _Standardize
 
         mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
@@ -122,7 +122,7 @@ class Standardize:
         self._standardize = _Standardize(bands=[str(i) for i in range(len(mean))],
                                          band_stats=(mean, std))
 
-    def __call__(self, sample: Sample) -> Sample:  # noqa: D102
+    def __call__(self, sample: Sample) -> Sample:
         sample = dict(sample)
         sample["image"] = self._standardize(sample["image"])
         return sample
@@ -232,10 +232,10 @@ def sliding_window_logits(model: Callable[[Tensor], Tensor], image: Tensor, num_
 
         chunks = tqdm(chunks, desc="windows", unit="batch")
     for chunk in chunks:
-        crops = torch.stack([image[..., t:t + window, l:l + window] for t, l in chunk])
+        crops = torch.stack([image[..., t:t + window, c:c + window] for t, c in chunk])
         out = model(rearrange(crops, "k b c h w -> (k b) c h w"))
         out = rearrange(out, "(k b) n h w -> k b n h w", k=len(chunk))
-        for (t, l), tile in zip(chunk, out):
-            logits[..., t:t + window, l:l + window] += tile
-            counts[..., t:t + window, l:l + window] += 1
+        for (t, c), tile in zip(chunk, out):
+            logits[..., t:t + window, c:c + window] += tile
+            counts[..., t:t + window, c:c + window] += 1
     return (logits / counts)[..., :h, :w]

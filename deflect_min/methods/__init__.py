@@ -24,8 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
-
 from ._config import INFLATE_INITS, INPUTS, BaselineConfig, MethodConfig
 from .deflect import STREAMS, DeflectConfig, DeflectLoraConfig, apply_deflect, default_layers
 from .encoder import FrozenConfig, FullConfig, apply_frozen, apply_full

@@ -113,7 +113,7 @@ def _fetch(name: str, md5: str | bool | None) -> Path:
         else:
             url = spec.url() if callable(spec.url) else spec.url
             _download_url(url, part)
-    except Exception as e:  # noqa: BLE001 - any failure gets the same advice
+    except Exception as e:
         part.unlink(missing_ok=True)
         raise RuntimeError(
             f"{name}: downloading the checkpoint failed ({type(e).__name__}: {e}). Google Drive "

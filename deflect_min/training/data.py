@@ -127,13 +127,13 @@ class _RunData(L.LightningDataModule):
         super().__init__()
         self.loaders = loaders
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:  # noqa: D102
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
         return self.loaders["train"]
 
-    def val_dataloader(self) -> torch.utils.data.DataLoader:  # noqa: D102
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
         return self._unpadded("val")
 
-    def test_dataloader(self) -> torch.utils.data.DataLoader:  # noqa: D102
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
         return self._unpadded("test")
 
     def setup(self, stage: str) -> None:

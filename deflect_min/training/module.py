@@ -87,7 +87,7 @@ class TaskModule(L.LightningModule):
         self._val_loss_sum: Tensor | float = 0.0
         self._val_loss_n = 0
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
     # ------------------------------------------------------------------ steps
@@ -122,11 +122,11 @@ class TaskModule(L.LightningModule):
                 f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}). "
                 f"Likely cause: {cause}.")
 
-    def on_train_epoch_start(self) -> None:  # noqa: D102
+    def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_n = 0.0, 0
         self.last_val = {}
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:  # noqa: D102
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         x, y = self._unpack(batch)
         loss = self._loss(self.model(x), y)
         if not bool(torch.isfinite(loss)):
@@ -150,14 +150,14 @@ class TaskModule(L.LightningModule):
         confmat.update(logits.argmax(1), y)
         return self._loss(logits, y).detach()
 
-    def on_validation_epoch_start(self) -> None:  # noqa: D102
+    def on_validation_epoch_start(self) -> None:
         self._val_loss_sum, self._val_loss_n = 0.0, 0
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:  # noqa: D102
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._val_loss_sum = self._val_loss_sum + self._eval_step(batch, self.val_confmat)
         self._val_loss_n += 1
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:  # noqa: D102
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.test_confmat)
 
     def _epoch_metrics(self, confmat: MulticlassConfusionMatrix) -> dict[str, Any]:
@@ -167,7 +167,7 @@ class TaskModule(L.LightningModule):
         m["confusion_matrix"] = cm.long().tolist()
         return m
 
-    def on_validation_epoch_end(self) -> None:  # noqa: D102
+    def on_validation_epoch_end(self) -> None:
         m = self._epoch_metrics(self.val_confmat)
         scalars = _scalars(m)
         loss_sum, n = self._val_loss_sum, self._val_loss_n
@@ -181,7 +181,7 @@ class TaskModule(L.LightningModule):
         for k, v in scalars.items():
             self.log(f"val/{k}", v, prog_bar=k in ("f1_macro", "miou"))
 
-    def on_test_epoch_end(self) -> None:  # noqa: D102
+    def on_test_epoch_end(self) -> None:
         m = self._epoch_metrics(self.test_confmat)
         self.test_result = m
         for k, v in _scalars(m).items():
@@ -192,7 +192,7 @@ class TaskModule(L.LightningModule):
         return float(self._loss_sum) / max(self._loss_n, 1)
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict[str, Any]:  # noqa: D102
+    def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameter: the method froze everything "
@@ -209,13 +209,13 @@ class TaskModule(L.LightningModule):
     def _frozen_keys(self) -> set[str]:
         return {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         frozen = self._frozen_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k not in frozen}
         checkpoint["deflect_min_omitted_frozen"] = len(frozen)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         own = set(self.state_dict())
         need = own - self._frozen_keys()
         saved = set(checkpoint["state_dict"])
@@ -242,14 +242,14 @@ class _RunState(Callback):
         self.active = True
 
     @property
-    def state_key(self) -> str:  # noqa: D102
+    def state_key(self) -> str:
         return "deflect_min_run_state"
 
     def elapsed(self) -> float:
         """Wall time of the run so far, previous sessions included."""
         return self.elapsed_before + time.perf_counter() - self.started
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: TaskModule) -> None:  # noqa: D102
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: TaskModule) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         entry: dict[str, Any] = {"epoch": int(trainer.current_epoch),
                                  "step": int(trainer.global_step),
@@ -257,7 +257,7 @@ class _RunState(Callback):
         entry.update({f"val_{k}": v for k, v in pl_module.last_val.items()})
         self.history.append(entry)
 
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+    def state_dict(self) -> dict[str, Any]:
         np_state = np.random.get_state()
         cuda = None
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -274,7 +274,7 @@ class _RunState(Callback):
             "config": self.config,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if not self.active:
             return
         saved = state.get("config", {})
@@ -307,11 +307,11 @@ class _StepBudget(Callback):
     def __init__(self, max_steps: int) -> None:
         self.max_steps = int(max_steps)
 
-    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:  # noqa: D102
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step >= self.max_steps:
             trainer.should_stop = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:  # noqa: D102
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step >= self.max_steps:
             trainer.should_stop = True
 
