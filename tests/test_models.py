@@ -13,6 +13,7 @@ from torch import nn
 
 from deflect_min.build import GFMClassifier, GFMSegmenter, build_model
 from deflect_min.heads import ClassificationHead, Feature2Pyramid, UPerNet
+from deflect_min.data import _download
 from deflect_min.models import GFM_NAMES, PostNormBlock, cards, gfm_cache_path, load_gfm
 
 _spec = importlib.util.spec_from_file_location(
@@ -205,12 +206,13 @@ def test_scalemae_download_under_each_torchgeo_url(torchgeo, tmp_path, torch_hom
     src = mk.write_scalemae(tmp_path / "fake.pth", mk.canonical_vit(grid=14))
     urls: list = []
 
-    def fake_download(url, dst, *a, **kw):
-        urls.append(url)
-        shutil.copyfile(src, dst)
+    def fake_fetch(remote, destination):  # the datasets' downloader, which load_gfm uses
+        urls.append(remote.url)
+        shutil.copyfile(src, destination)
+        return destination
 
     monkeypatch.setattr(models, "_scalemae_url", lambda: SCALEMAE_URLS[torchgeo])
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setattr(_download, "fetch", fake_fetch)
     # the real file's full sha256 is pinned: the stand-in is refused, and deleted
     with pytest.raises(RuntimeError, match=f"expected {models.SCALEMAE_SHA256}"):
         load_gfm("scalemae", "download", _arch_overrides=TINY)
@@ -235,7 +237,7 @@ def test_scalemae_cached_under_torchgeos_old_name_is_reused(tmp_path, torch_home
     shutil.copyfile(src, old)
     monkeypatch.setattr(models, "_scalemae_url", lambda: SCALEMAE_URLS["0.8"])
     monkeypatch.setattr(models, "SCALEMAE_SHA256", hashlib.sha256(src.read_bytes()).hexdigest())
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download"))
+    monkeypatch.setattr(_download, "fetch", lambda *a, **k: pytest.fail("no download expected"))
     assert load_gfm("scalemae", "download", _arch_overrides=TINY).gfm_card.pretrained
     assert gfm_cache_path("scalemae").is_file() and not old.exists()
 

@@ -1,9 +1,12 @@
-"""Checkpoint files: the cache, downloads, checksums and safe loading."""
+"""Checkpoint files: the cache, downloads, checksums and safe loading.
+
+URL downloads and file hashes go through the datasets' own module (:mod:`deflect_min.data._download`:
+one implementation, locked ``.part`` files, progress bars); Google Drive files through ``gdown``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import shutil
@@ -12,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..data import _download
+from ..data._download import file_hash
 from . import cards
 from .cards import _spec
 
@@ -23,14 +28,6 @@ def gfm_cache_path(name: str) -> Path:
     spec = _spec(name)
     fname = spec.filename() if callable(spec.filename) else spec.filename
     return Path(torch.hub.get_dir()) / "checkpoints" / fname
-
-
-def _file_digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _expected_checksum(name: str, md5: str | bool | None) -> tuple[str, str] | None:
@@ -54,10 +51,10 @@ def _verify(path: Path, name: str, expected: tuple[str, str] | None) -> None:
         spec = _spec(name)
         if spec.md5 is None and spec.url is None:
             print(f"{name}: no checksum is published for this file; its md5 is "
-                  f"{_file_digest(path, 'md5')} (pass md5=... to pin it).")
+                  f"{file_hash(path, 'md5')} (pass md5=... to pin it).")
         return
     algo, want = expected
-    got = _file_digest(path, algo)
+    got = file_hash(path, algo)
     if got != want:
         raise RuntimeError(
             f"{name}: checksum mismatch for {path}: {algo} is {got}, expected "
@@ -89,7 +86,8 @@ def _download_gdrive(file_id: str, dst: Path) -> None:
 
 
 def _download_url(url: str, dst: Path) -> None:
-    torch.hub.download_url_to_file(url, str(dst), progress=True)
+    """The datasets' downloader: a locked ``.part`` file, a progress bar, an atomic rename."""
+    _download.fetch(_download.Remote(relpath=dst.name, url=url), dst)
 
 
 def _fetch(name: str, md5: str | bool | None) -> Path:
