@@ -1,5 +1,6 @@
-"""The open trainer: any timm ViT, settings from a YAML file, a run folder that keeps its
-effective config, a CSV log and an adapter that load_adapter reloads; a fast, one-line CLI."""
+"""The open trainer: any timm ViT, any torchgeo dataset, settings from a YAML file, a run folder
+that keeps its effective config, a CSV log and an adapter that load_adapter reloads; a fast,
+one-line CLI."""
 
 from __future__ import annotations
 
@@ -14,15 +15,19 @@ import yaml
 import deflect_min as dm
 from deflect_min.cli import train_main
 from deflect_min.plotting import read_curves
-from tests.helpers import GEOBENCH
+from tests.helpers import DATA
+
+#: EuroSAT in torchgeo's own on-disk layout (tests/data/torchgeo/eurosat/data.py)
+EUROSAT = DATA / "torchgeo" / "eurosat"
 
 BIN = Path(sys.executable).parent
 
 
-def test_timm_backbone_from_a_yaml_config(tmp_path, capsys):
+def test_timm_backbone_on_a_torchgeo_dataset_from_a_yaml_config(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
-        "dataset": "m-brick-kiln", "root": str(GEOBENCH), "gfm": "timm:vit_tiny_patch16_224",
+        "dataset": "torchgeo.datasets.EuroSAT", "root": str(EUROSAT),
+        "gfm": "timm:vit_tiny_patch16_224",
         "weights": None, "method": "deflect", "method_kwargs": {"rank": 2, "layers": [0]},
         "img_size": 32, "batch_size": 2, "num_workers": 0, "protocol": "reduced",
         "max_steps": 2, "out": str(tmp_path / "results"), "work_dir": str(tmp_path / "runs"),
@@ -37,8 +42,9 @@ def test_timm_backbone_from_a_yaml_config(tmp_path, capsys):
     model = dm.load_adapter(None, run / "adapter")  # from the run folder alone
     assert model.encoder.gfm_card.name == "timm:vit_tiny_patch16_224"
     assert model.encoder.adaptation["config"]["rank"] == 2
+    assert model.encoder.adaptation["bands"][-1] == "S2_B8A"  # torchgeo's B8A, mapped to ours
     x = 0.1 * torch.rand(2, len(model.encoder.adaptation["bands"]), 32, 32)
-    assert model(x).shape == (2, 2)
+    assert model(x).shape == (2, 2)  # EuroSAT's classes in the fixture: AnnualCrop, Forest
 
 
 def test_print_config_and_unknown_keys(tmp_path, capsys):

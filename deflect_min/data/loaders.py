@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import Compose  # applies sample-dict transforms in order
 
-from .catalogue import DATASETS
+from .catalogue import dataset_class
 
 __all__ = ["Resize", "RandomCrop", "CenterCrop", "Standardize", "Compose", "make_dataloaders",
            "sliding_window_logits", "window_origins"]
@@ -154,12 +154,7 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
         splits: which loaders to build.
         **loader_kwargs: extra ``DataLoader`` arguments (``pin_memory`` ...).
     """
-    if isinstance(dataset, str):
-        if dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; valid names are {list(DATASETS)}.")
-        cls = DATASETS[dataset]
-    else:
-        cls = dataset
+    cls = dataset_class(dataset) if isinstance(dataset, str) else dataset
     if eval_mode not in ("center", "full"):
         raise ValueError(f"eval_mode must be 'center' or 'full', got {eval_mode!r}.")
     segmentation = cls.task == "segmentation"

@@ -313,11 +313,9 @@ def smoke_config(dataset: str, root: str | os.PathLike, **overrides: Any) -> Tra
 
 
 def _dataset_cls(name: str):
-    from deflect_min.data import DATASETS
+    from deflect_min.data.catalogue import dataset_class
 
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names are {list(DATASETS)}.")
-    return DATASETS[name]
+    return dataset_class(name)
 
 
 def _jsonable(o: Any) -> Any:
