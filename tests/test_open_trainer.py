@@ -71,3 +71,16 @@ def test_help_is_fast_and_bad_values_are_one_line():
                           "--lr", "fast"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr == \
         "deflect-train: argument --lr: invalid float value: 'fast'\n"
+
+
+def test_fp16_without_a_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        return  # the check is for machines without one
+    try:
+        train_main(["--dataset", "mados", "--root", "tests/data/mados", "--smoke", "--out",
+                    str(tmp_path / "r"), "--work-dir", str(tmp_path / "w"),
+                    "--precision", "16-mixed"])
+    except SystemExit as e:
+        assert e.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a CUDA GPU and none is visible" in err

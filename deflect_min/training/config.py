@@ -256,6 +256,14 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {list(PRECISIONS)} "
                              f"('auto': fp32 on CPU, bf16-mixed on compute capability >= 8.0).")
+        if self.precision in ("16-mixed", "16-true") and self.accelerator in ("auto", "gpu",
+                                                                              "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"precision={self.precision!r} needs a CUDA GPU and none is "
+                                 f"visible: use precision='auto' (fp32 on the CPU), or run on a "
+                                 f"GPU runtime.")
         if self.epochs is not None and int(self.epochs) <= 0:
             raise ValueError(f"epochs must be positive, got {self.epochs}.")
         if self.max_steps is not None and int(self.max_steps) <= 0:
