@@ -62,12 +62,12 @@ def test_segmentation_map_keeps_crs_transform_and_nodata(scene, tmp_path):
     assert set(np.unique(labels[20:])) <= {0, 1, 2}
 
 
-def test_batched_and_one_at_a_time_give_the_same_map(tmp_path):
-    small = _write_scene(tmp_path / "small.tif", 70, 90)  # overlapping windows, odd borders
+def test_batched_and_one_at_a_time_give_the_same_map(scene, tmp_path):
     model = dm.load_adapter(None, _adapter(tmp_path, "segmentation"))
+    # windows side by side (overlapping ones: tests/test_datasets.py, on sliding_window_logits)
     for batch, name in ((1, "one.tif"), (32, "many.tif")):
-        predict_geotiff(model, small, tmp_path / name, scale=1e-4, batch_size=batch,
-                        progress=False)
+        predict_geotiff(model, scene, tmp_path / name, scale=1e-4, stride=WINDOW,
+                        batch_size=batch, progress=False)
     with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "many.tif") as b:
         assert np.array_equal(a.read(), b.read())
 
