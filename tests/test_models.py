@@ -64,15 +64,15 @@ def test_scalemae_fake_checkpoint_features(tmp_path):
     assert card.checksum == "sha256:386989c9cf349a5045c2ac76f7d0225ae3a54b2a2c158fa87e5df5103e5d9ed9"
 
 
-@pytest.mark.parametrize("variant", ["xformers", "timm"])
+@pytest.mark.parametrize("variant", ["xformers", "xformers-0.0.11", "timm"])
 def test_cross_scale_mae_fake_checkpoint_features(tmp_path, variant):
     c = mk.canonical_vit(grid=8)  # pretrained at 128 px
     path = mk.write_cross_scale_mae(tmp_path / f"xsmae_{variant}.pth", c, variant=variant)
     model = load_gfm("cross_scale_mae_base", path, img_size=128, _arch_overrides=TINY).eval()
-    post = variant == "xformers"
+    post = variant != "timm"
     assert isinstance(model.blocks[0], PostNormBlock) == post
     x = torch.rand(2, 3, 128, 128)
-    ref = mk.reference_forward(c, x, heads=HEADS, post_norm=post, block_eps=1e-5 if post else 1e-6)
+    ref = mk.reference_forward(c, x, heads=HEADS, post_norm=post, block_eps=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x), ref, atol=2e-5, rtol=0)
     assert ("post-norm" in model.gfm_card.weights) == post
@@ -395,3 +395,17 @@ def test_deflect_on_post_norm_cross_scale_mae_equals_pretrained_at_init(tmp_path
     x = 0.01 + 0.5 * torch.rand(2, len(BANDS), 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(adapted(x), ref(x[:, [2, 1, 0]]), atol=1e-4, rtol=0)
+
+
+def test_cross_scale_mae_old_xformers_twins_must_agree(tmp_path):
+    c = mk.canonical_vit(grid=8)
+    path = mk.write_cross_scale_mae(tmp_path / "old.pth", c, variant="xformers-0.0.11")
+    assert "0.0.11 duplicate keys" in load_gfm("cross_scale_mae_base", path, img_size=128,
+                                               _arch_overrides=TINY).gfm_card.weights
+    ckpt = torch.load(path, weights_only=False)
+    key = "encoder.encoders.0.mha.proj.weight"
+    ckpt["model"][key] = ckpt["model"][key] + 1.0
+    torch.save(ckpt, path)
+    with pytest.raises(RuntimeError, match=r"alias of encoder.encoders.0.wrap_att.sublayer.layer"
+                       r".proj.weight, but their values differ"):
+        load_gfm("cross_scale_mae_base", path, img_size=128, _arch_overrides=TINY)

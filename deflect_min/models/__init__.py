@@ -39,7 +39,11 @@ Three facts about the official checkpoints that this module handles and a reader
   separate q/k/v projections. The loader recognises that key layout, concatenates q/k/v into timm's
   ``qkv`` and swaps the timm blocks for :class:`PostNormBlock` (same sub-modules, post-norm
   order), so the features are those of the pretrained network. A checkpoint saved without
-  xformers (timm blocks, pre-norm) loads into plain timm blocks. The pretraining code computes
+  xformers (timm blocks, pre-norm) loads into plain timm blocks. Files of xformers 0.0.11 or older
+  list every attention and MLP weight twice (``mha.*`` beside ``wrap_att.sublayer.layer.*``,
+  ``feedforward.*`` beside ``wrap_ff.sublayer.layer.*``); they load once each alias is checked
+  to equal its twin. The post-norm LayerNorms keep eps 1e-6 (xformers' triton FusedLayerNorm in
+  the authors' environment; the card's notes say why). The pretraining code computes
   ``encoder_norm(x)`` but discards the result, so ``encoder_norm`` (mapped to timm's final
   ``norm``) holds whatever the file holds, as in the official fine-tuning script. The official
   fine-tuning script loads *nothing* (``load_state_dict(checkpoint, strict=False)`` on the wrong

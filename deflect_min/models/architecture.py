@@ -56,10 +56,9 @@ def _build(name: str, img_size: int, arch: dict[str, Any], *, res: float | None,
                                   norm_layer=partial(nn.LayerNorm, eps=1e-6), **arch)
         if post_norm:
             kw["block_fn"] = PostNormBlock
+        # post-norm blocks keep eps 1e-6: xformers 0.0.19 builds them as triton's FusedLayerNorm
+        # (eps 1e-6) on the authors' CUDA + triton 2.0.0 setup (see deflect_min.models.cards)
         model = VisionTransformer(**kw)
-        if post_norm:  # xformers' LayerNorms use torch's default eps
-            for blk in model.blocks:
-                blk.norm1.eps = blk.norm2.eps = 1e-5
     return model
 
 

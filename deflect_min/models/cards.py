@@ -129,7 +129,11 @@ _XSMAE_STD = (0.19828456, 0.19250111, 0.19454683)
 _XSMAE_NOTES = (
     "Pretrained at 128 px: the sin-cos positional table is interpolated (bicubic) to img_size. "
     "The released runs used xformers post-norm blocks (loaded into PostNormBlock); which size "
-    "DEFLECT used is not known."
+    "DEFLECT used is not known. The blocks' LayerNorm eps is 1e-6: the authors' environment "
+    "(aicip/Cross-Scale-MAE env.yml) pins xformers 0.0.19 with triton 2.0.0, and on a CUDA "
+    "machine with a working triton xformers builds post-norm as FusedLayerNorm, eps 1e-6 "
+    "(xformers/components/residual.py and xformers/triton/layer_norm.py); without triton it "
+    "would have been nn.LayerNorm, eps 1e-5, which we take to be the less likely case."
 )
 
 

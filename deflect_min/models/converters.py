@@ -42,6 +42,9 @@ _XF_POST = {
     "wrap_ff.sublayer.layer.mlp.3.": "mlp.fc2.",
 }
 _XF_INPROJ = "wrap_att.sublayer.layer.in_proj_container."
+#: xformers 0.0.11 and older also register the wrapped attention and MLP under these names
+#: (xformers/factory/block_factory.py lines 133-138 of the 0.0.11 sdist): the same tensors twice.
+_XF_TWINS = {"mha.": "wrap_att.sublayer.layer.", "feedforward.": "wrap_ff.sublayer.layer."}
 
 
 def _convert_cross_scale_mae(ckpt: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -60,6 +63,16 @@ def _convert_cross_scale_mae(ckpt: Any, source: str) -> tuple[dict[str, torch.Te
         elif (m := _XF_BLOCK.match(k)) is not None:
             layout = layout or "xformers"
             i, rest = int(m.group(1)), m.group(2)
+            alias = next((a for a in _XF_TWINS if rest.startswith(a)), None)
+            if alias is not None:  # an old xformers' second name: must equal its twin
+                twin = f"encoder.encoders.{i}.{_XF_TWINS[alias]}{rest[len(alias):]}"
+                if twin not in sd or not torch.equal(sd[twin], v):
+                    raise RuntimeError(
+                        f"{source}: {k} is an xformers <= 0.0.11 alias of {twin}, but "
+                        f"{'that key is missing' if twin not in sd else 'their values differ'}: "
+                        f"the file is not a consistent Cross-Scale MAE checkpoint.")
+                layout = "xformers, 0.0.11 duplicate keys"
+                continue
             if rest.startswith(_XF_INPROJ):
                 qkv.setdefault(i, {})[rest[len(_XF_INPROJ):]] = v
                 continue
@@ -99,7 +112,7 @@ def _convert_cross_scale_mae(ckpt: Any, source: str) -> tuple[dict[str, torch.Te
         else:
             raise RuntimeError(f"{source}: block {i} has input projections {sorted(d)}, "
                                "not q/k/v_proj.{weight,bias} nor in_proj_weight")
-    return out, {"post_norm": layout == "xformers", "layout": layout}
+    return out, {"post_norm": (layout or "").startswith("xformers"), "layout": layout}
 
 
 def _convert_dino_mc(ckpt: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

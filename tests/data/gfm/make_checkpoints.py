@@ -135,7 +135,11 @@ def _mae_decoder(dim: int, g: torch.Generator) -> dict[str, torch.Tensor]:
 
 def write_cross_scale_mae(path: Path, c: dict, *, variant: str = "xformers") -> Path:
     """Cross-Scale MAE ``save_model`` output; ``variant`` ``"xformers"`` (post-norm, separate
-    q/k/v, the released runs) or ``"timm"`` (timm blocks)."""
+    q/k/v, the released runs, xformers 0.0.19), ``"xformers-0.0.11"`` (the same, plus every
+    attention and MLP weight a second time under ``mha.*`` and ``feedforward.*``: xformers
+    0.0.11's ``xFormerEncoderBlock`` registers ``self.mha`` and ``self.feedforward`` and wraps the
+    same modules in ``wrap_att`` / ``wrap_ff``, xformers/factory/block_factory.py lines 133-138
+    of the 0.0.11 sdist) or ``"timm"`` (timm blocks)."""
     g = torch.Generator().manual_seed(1)
     m = {"cls_token": c["cls_token"], "encoder_pos_embed": c["pos_embed"],
          "patch_embed.proj.weight": c["patch_w"], "patch_embed.proj.bias": c["patch_b"],
@@ -143,7 +147,7 @@ def write_cross_scale_mae(path: Path, c: dict, *, variant: str = "xformers") -> 
     if variant == "timm":
         blocks = timm_state_dict(c, prefix="encoder.")
         m.update({k: v for k, v in blocks.items() if k.startswith("encoder.")})
-    elif variant == "xformers":
+    elif variant in ("xformers", "xformers-0.0.11"):
         for i, p in enumerate(c["blocks"]):
             b = f"encoder.encoders.{i}."
             att = b + "wrap_att.sublayer.layer."
@@ -161,11 +165,16 @@ def write_cross_scale_mae(path: Path, c: dict, *, variant: str = "xformers") -> 
                 ff + "mlp.0.weight": p["fc1_w"], ff + "mlp.0.bias": p["fc1_b"],
                 ff + "mlp.3.weight": p["fc2_w"], ff + "mlp.3.bias": p["fc2_b"],
             })
+            if variant == "xformers-0.0.11":  # the twins: the same tensors under a second name
+                m.update({b + "mha." + k[len(att):]: v for k, v in list(m.items())
+                          if k.startswith(att)})
+                m.update({b + "feedforward." + k[len(ff):]: v for k, v in list(m.items())
+                          if k.startswith(ff)})
     else:
         raise ValueError(variant)
     m.update(_mae_decoder(c["dim"], g))
     args = argparse.Namespace(model="mae_vit_base_MsLdCeCd", input_size=128, patch_size="16",
-                              use_xformers=variant == "xformers", attn_name="scaled_dot_product",
+                              use_xformers=variant != "timm", attn_name="scaled_dot_product",
                               epochs=400, blr=5e-5, dataset_type="fmow_rgb", distributed=False,
                               global_crops_scale=(0.32, 1.0), masked_bands=None)
     ckpt = {"model": m,
