@@ -290,6 +290,14 @@ class MBrickKiln(GeoBenchClassification):
 
     Stored as Sentinel-2 digital numbers (reflectance x 10000); returned as reflectance.
 
+    **What its last three bands are is uncertain.** GEO-Bench names the 13 channels of the source
+    (SustainBench's HDF5 blocks) by position only (``make_sample`` in
+    geo-bench ``geobench/benchmark/dataset_converters/brick_kiln.py``: channel ``i`` gets
+    ``sentinel2_13_bands[i]``; nothing checks them). The stored means of "B10", "B11" and "B12"
+    (about 83, 91 and 69 DN in PANGAEA's configuration) are far below Sentinel-2 SWIR values
+    (around 1000 to 2500 DN over land), so these channels may not be SWIR at all. Indices that use
+    SWIR (MNDWI, NDBI, NBR, NDMI) are therefore doubtful on this dataset.
+
     Example::
 
         ds = MBrickKiln(root="data/geobench", split="train", download=True)
@@ -307,6 +315,14 @@ class MForestNet(GeoBenchClassification):
     ForestNet ships 8-bit images (visible PNG, infrared arrays cast to uint8), so the "reflectance"
     returned here is the 8-bit value / 255: a brightness proxy, not calibrated reflectance.
     Spectral indices computed from it are approximate.
+
+    **Pixels outside the forest-loss polygon were blended with white** before GEO-Bench stored
+    them (``overlay_mask`` in geo-bench ``geobench/benchmark/dataset_converters/forestnet.py``:
+    the image, at alpha 192/255, is pasted over white, then the polygon's pixels are restored), so
+    outside the polygon every stored value is v' = 0.753 v + 63 (8-bit). Band ratios and spectral
+    indices there are biased towards those of white; only the polygon keeps the original values.
+    The polygon itself is in each band's ``meta_info["forest_loss_region"]`` (WKT) of the file's
+    pickled attributes; this class does not rasterise it yet.
 
     Example::
 
