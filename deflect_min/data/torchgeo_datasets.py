@@ -181,10 +181,10 @@ def _their_splits(source: type, kwargs: Mapping[str, Any],
     """The split names ``source`` accepts, where the class says (None: not known)."""
     if known is not None and known.splits is not None:
         return known.splits
-    if source.__name__ == "So2Sat":  # per version: v3 has no validation split
-        version = str(kwargs.get("version", "2"))
-        names = source.filenames_by_version.get(version, {})
-        return tuple(names) or None
+    by_version = getattr(source, "filenames_by_version", None)  # So2Sat: v3 has no validation
+    if isinstance(by_version, dict):
+        version = str(kwargs.get("version", _parameters(source)["version"].default))
+        return tuple(by_version.get(version, {})) or None
     annotation = getattr(_parameters(source).get("split"), "annotation", None)
     if typing.get_origin(annotation) is typing.Literal:  # torchgeo >= 0.9
         return tuple(typing.get_args(annotation))
