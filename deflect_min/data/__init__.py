@@ -23,6 +23,7 @@ from .loaders import (
     sliding_window_logits,
 )
 from .mados import MADOS
+from .torchgeo_datasets import torchgeo_dataset as torchgeo_dataset, wrap_torchgeo as wrap_torchgeo
 
 #: Name -> class, for configuration files and notebooks.
 __all__ = [
