@@ -152,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
                         "file's band descriptions)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="factor from file values to reflectance (1e-4 for reflectance x 10^4)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="windows per forward pass (8; on a small CPU 1 was measured faster, see "
+                        "the book's cost page)")
     p.add_argument("--window", type=int, default=None, help="window size (default: the model's)")
     p.add_argument("--stride", type=int, default=None,
                    help="segmentation: step between windows (default: half a window)")
