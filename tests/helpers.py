@@ -48,3 +48,20 @@ def perturb_new_parameters(model: torch.nn.Module, scale: float = 0.3, seed: int
             if p.requires_grad:
                 p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
+
+
+class Interrupted(RuntimeError):
+    """Raised by the callback of :func:`interrupt_at`."""
+
+
+def interrupt_at(k: int):
+    """A Lightning callback that simulates a dead Colab session at the start of epoch ``k``
+    (epochs 0 .. k - 1 are done)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class InterruptAt(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == k:
+                raise Interrupted(f"interrupted before epoch {k}")
+
+    return InterruptAt()

@@ -27,7 +27,8 @@ from deflect_min.embedding import REFLECTANCE_MAX, Standardize
 from deflect_min.training import TrainConfig, load_model, smoke_config, train
 from deflect_min.training.guard import RunInUseError, run_id, write_atomic
 
-from tests.helpers import GEOBENCH, HLS, MADOS_ROOT, S2_7, reflectance, tiny_vit
+from tests.helpers import (GEOBENCH, HLS, MADOS_ROOT, S2_7, Interrupted, interrupt_at, reflectance,
+                           tiny_vit)
 
 
 # ----------------------------------------------------------------------------- (6) inputs
@@ -163,17 +164,6 @@ def test_smoke_runs_keep_out_of_runs_and_names_stay_inside(monkeypatch, tmp_path
     TrainConfig(dataset="m-so2sat", name="deflect_lr3e-4").validate()
 
 
-class _Interrupted(RuntimeError):
-    pass
-
-
-class _InterruptAt(Callback):
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.k:
-            raise _Interrupted
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -183,8 +173,8 @@ def test_step_budget_resume_is_bit_identical(tmp_path, k) -> None:
     kw = dict(protocol="reduced", epochs=None, max_steps=5, batch_size=1, quiet=False,
               progress_bar=False)
     ref = train(_cfg(tmp_path / "ref", **kw))
-    with pytest.raises(_Interrupted):
-        train(_cfg(tmp_path / "cut", **kw), callbacks=[_InterruptAt(k)])
+    with pytest.raises(Interrupted):
+        train(_cfg(tmp_path / "cut", **kw), callbacks=[interrupt_at(k)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = train(_cfg(tmp_path / "cut", resume=True, **kw))
@@ -199,8 +189,8 @@ def test_step_budget_resume_is_bit_identical(tmp_path, k) -> None:
 
 
 def test_truncated_last_checkpoint_under_resume(tmp_path) -> None:
-    with pytest.raises(_Interrupted):
-        train(_cfg(tmp_path, epochs=3), callbacks=[_InterruptAt(1)])
+    with pytest.raises(Interrupted):
+        train(_cfg(tmp_path, epochs=3), callbacks=[interrupt_at(1)])
     last = tmp_path / "runs/m-brick-kiln/scalemae/deflect/seed0/last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(RuntimeError, match=r"cannot read the checkpoint .*last.ckpt.*truncated"

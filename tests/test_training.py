@@ -38,7 +38,7 @@ from deflect_min.training import (
 )
 from deflect_min.training.data import _RunData
 
-from tests.helpers import GEOBENCH, HLS, MADOS_ROOT
+from tests.helpers import GEOBENCH, HLS, MADOS_ROOT, Interrupted, interrupt_at
 
 RESULT_FIELDS = {
     "schema", "dataset", "task", "gfm", "method", "method_kwargs", "run", "seed", "protocol",
@@ -132,27 +132,14 @@ def test_load_model_reproduces_the_test_confusion_matrix(runs) -> None:
 
 
 # ----------------------------------------------------------------------------- resume
-class _Interrupted(RuntimeError):
-    pass
-
-
-class _InterruptAt(Callback):
-    """Simulate a dead Colab session at the start of epoch ``k`` (epochs 0..k-1 are done)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.k:
-            raise _Interrupted(f"interrupted before epoch {self.k}")
 
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_resume_is_bit_identical(runs, tmp_path, k) -> None:
     ref = runs["hls"]  # 3 epochs, uninterrupted
     kw = dict(epochs=3, out=str(tmp_path / "results"), work_dir=str(tmp_path / "ckpt"))
-    with pytest.raises(_Interrupted):
-        train(smoke_config("hls-burn-scars", str(HLS), **kw), callbacks=[_InterruptAt(k)])
+    with pytest.raises(Interrupted):
+        train(smoke_config("hls-burn-scars", str(HLS), **kw), callbacks=[interrupt_at(k)])
     assert not (tmp_path / "results").exists()
     resumed = train(smoke_config("hls-burn-scars", str(HLS), resume=True, **kw))
     assert resumed["resumed"] is True
@@ -169,8 +156,8 @@ def test_resume_is_bit_identical(runs, tmp_path, k) -> None:
 
 def test_resume_refuses_other_settings(runs, tmp_path) -> None:
     kw = dict(epochs=3, out=None, work_dir=str(tmp_path))
-    with pytest.raises(_Interrupted):
-        train(smoke_config("m-so2sat", str(GEOBENCH), **kw), callbacks=[_InterruptAt(1)])
+    with pytest.raises(Interrupted):
+        train(smoke_config("m-so2sat", str(GEOBENCH), **kw), callbacks=[interrupt_at(1)])
     with pytest.raises(ValueError, match="cannot resume.*lr"):
         train(smoke_config("m-so2sat", str(GEOBENCH), resume=True, lr=1e-3, **kw))
 
