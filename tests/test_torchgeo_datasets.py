@@ -123,3 +123,11 @@ def test_clear_errors():
         torchgeo_dataset("torchgeo.datasets.EuroSAT", task="regression")
     with pytest.raises(ValueError, match="unknown dataset 'eurosat'.*torchgeo class path"):
         dataset_class("eurosat")
+
+
+def test_the_trainer_refuses_a_multilabel_dataset_with_the_reason():
+    from deflect_min.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"torchgeo.datasets.BigEarthNet is a multilabel dataset; "
+                       r"deflect-train trains classification and segmentation only"):
+        TrainConfig(dataset="torchgeo.datasets.BigEarthNet", root="x").validate()

@@ -199,7 +199,11 @@ class TrainConfig:
         from deflect_min.methods import config_of
         from deflect_min.models import GFM_NAMES
 
-        _dataset_cls(self.dataset)
+        task = _dataset_cls(self.dataset).task
+        if task not in ("classification", "segmentation"):
+            raise ValueError(f"{self.dataset} is a {task} dataset; deflect-train trains "
+                             f"classification and segmentation only (single-label cross-entropy). "
+                             f"The dataset class itself works in your own training loop.")
         if self.is_smoke:
             for field_name, folder, default in (("out", self.out, "results"),
                                                 ("work_dir", self.work_dir, "runs")):
