@@ -2,8 +2,8 @@
 
 **Protocols** (named in every result; the table never mixes them):
 
-* ``"full"``: PANGAEA's schedule (``../shared/notes/method.md`` §6.3): 50 epochs for
-  classification, 80 for segmentation, batch 8, AdamW lr 1e-4, weight decay 0.05.
+* ``"full"``: PANGAEA's schedule (the PANGAEA benchmark's defaults, Marsocci et al. 2024): 50
+  epochs for classification, 80 for segmentation, batch 8, AdamW lr 1e-4, weight decay 0.05.
 * ``"reduced"``: meant for an evening on a Colab GPU (not measured there; the H100 times of
   ``benchmarks/train_cost.py`` are on the book's cost page): GEO-Bench's ``0.10x_train``
   partition for the classification tasks (the training split from the partition file;
