@@ -299,6 +299,9 @@ def test_metrics_agree_with_hand_made_confusion_matrix() -> None:
         pytest.approx(cls["accuracy"])
     sk = pytest.importorskip("sklearn.metrics")
     assert sk.f1_score(target[:-1], pred[:-1], average="macro") == pytest.approx(cls["f1_macro"])
+    assert sk.balanced_accuracy_score(target[:-1], pred[:-1]) == \
+        pytest.approx(cls["balanced_accuracy"])
+    assert cls["balanced_accuracy"] == pytest.approx(np.mean([5 / 6, 3 / 6, 4 / 4]))
 
 
 # ----------------------------------------------------------------------------- precision

@@ -1,14 +1,16 @@
-"""The five benchmark datasets by name (the ``--dataset`` values of ``deflect-train``)."""
+"""The datasets by name (the ``--dataset`` values of ``deflect-train``): the five benchmarks, and
+the sample patches shipped with the package as a small cross-validated task."""
 
 from __future__ import annotations
 
 import functools
 
+from .ben_samples import BigEarthNetSampleTask
 from .geobench import MBrickKiln, MForestNet, MSo2Sat
 from .hls_burn_scars import HLSBurnScars
 from .mados import MADOS
 
-__all__ = ["DATASETS", "dataset_class"]
+__all__ = ["DATASETS", "SAMPLE_DATASETS", "dataset_class"]
 
 DATASETS = {
     "m-so2sat": MSo2Sat,
@@ -18,6 +20,10 @@ DATASETS = {
     "mados": MADOS,
 }
 
+#: Datasets that are not benchmarks of the paper: the real patches shipped in ``data/``
+#: (:mod:`deflect_min.data.ben_samples`; ``dataset_kwargs`` choose the label and the fold).
+SAMPLE_DATASETS = {"ben-samples": BigEarthNetSampleTask}
+
 
 def dataset_class(name: str) -> type:
     """The dataset class of a ``--dataset`` value: a :data:`DATASETS` name, or the class path of a
@@ -25,9 +31,11 @@ def dataset_class(name: str) -> type:
     :func:`deflect_min.data.torchgeo_datasets.torchgeo_dataset`)."""
     if name in DATASETS:
         return DATASETS[name]
+    if name in SAMPLE_DATASETS:
+        return SAMPLE_DATASETS[name]
     if isinstance(name, str) and name.startswith("torchgeo."):
         return _torchgeo_class(name)
-    raise ValueError(f"unknown dataset {name!r}; valid names are {list(DATASETS)}, or a torchgeo "
+    raise ValueError(f"unknown dataset {name!r}; valid names are {list(DATASETS)}, {list(SAMPLE_DATASETS)}, or a torchgeo "
                      f"class path such as torchgeo.datasets.EuroSAT.")
 
 

@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
                      num_workers: int = 2, size: int = 224, eval_mode: str = "center",
                      standardize: bool = False, download: bool = False, checksum: bool = True,
                      seed: int = 0, splits: Sequence[str] = ("train", "val", "test"),
+                     dataset_kwargs: Mapping[str, Any] | None = None,
                      **loader_kwargs: Any) -> dict[str, DataLoader]:
     """Build ``{"train", "val", "test"}`` DataLoaders for one benchmark.
 
@@ -152,6 +153,8 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
         download, checksum: passed to the dataset classes.
         seed: seed of the training shuffle.
         splits: which loaders to build.
+        dataset_kwargs: further arguments of the dataset class (e.g. ``label``, ``fold`` and
+            ``repeat`` of ``"ben-samples"``).
         **loader_kwargs: extra ``DataLoader`` arguments (``pin_memory`` ...).
     """
     cls = dataset_class(dataset) if isinstance(dataset, str) else dataset
@@ -169,7 +172,8 @@ def make_dataloaders(dataset: str | type, root: str | Path, *, bands: Sequence[s
                 geometric = [CenterCrop(size, ignore)] if eval_mode == "center" else []
         else:
             geometric = [Resize(size)]
-        ds = cls(root=root, split=split, bands=bands, download=download, checksum=checksum)
+        ds = cls(root=root, split=split, bands=bands, download=download, checksum=checksum,
+                 **(dataset_kwargs or {}))
         download = False  # the first split fetched everything
         if len(ds) == 0:
             raise ValueError(f"{cls.__name__}: the {split} split under root={str(root)!r} is "

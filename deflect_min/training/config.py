@@ -73,6 +73,8 @@ class TrainConfig:
         dataset: a :data:`deflect_min.data.DATASETS` key (``"m-so2sat"``, ``"m-brick-kiln"``,
             ``"m-forestnet"``, ``"hls-burn-scars"``, ``"mados"``).
         root: the dataset's root folder.
+        dataset_kwargs: further arguments of the dataset class (``"ben-samples"``: ``label``,
+            ``folds``, ``fold``, ``repeat``).
         gfm: the backbone: a :data:`deflect_min.GFM_NAMES` name, ``timm:NAME`` (any timm ViT)
             or ``hf-hub:ORG/NAME`` (:func:`deflect_min.backbones.load_backbone`).
         weights: ``"download"`` (official weights), a checkpoint path, or ``None`` (random
@@ -121,6 +123,7 @@ class TrainConfig:
 
     dataset: str
     root: str = "data"
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     gfm: str = "scalemae"
     weights: str | None = "download"
     method: str = "deflect"
@@ -200,6 +203,9 @@ class TrainConfig:
         from deflect_min.models import GFM_NAMES
 
         task = _dataset_cls(self.dataset).task
+        if not isinstance(self.dataset_kwargs, Mapping):
+            raise ValueError(f"dataset_kwargs must be a mapping of the dataset class's arguments, "
+                             f"got {self.dataset_kwargs!r}, e.g. {{'label': 'water', 'fold': 2}}.")
         if task not in ("classification", "segmentation"):
             raise ValueError(f"{self.dataset} is a {task} dataset; deflect-train trains "
                              f"classification and segmentation only (single-label cross-entropy). "

@@ -97,7 +97,8 @@ def build_loaders(cfg: TrainConfig) -> dict[str, torch.utils.data.DataLoader]:
 
     pin = torch.cuda.is_available() and cfg.accelerator != "cpu"
     common = dict(bands=cfg.bands, size=cfg.img_size, download=cfg.download,
-                  num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin)
+                  num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin,
+                  dataset_kwargs=cfg.dataset_kwargs)
     train_ds = make_dataloaders(cfg.dataset, cfg.root, batch_size=cfg.batch_size,
                                 splits=("train",), **common)["train"].dataset
     common["download"] = False

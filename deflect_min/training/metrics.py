@@ -1,9 +1,9 @@
 """Metrics from confusion matrices, the table's metric per dataset, and the default precision.
 
 **Metrics** (torchmetrics confusion matrix, accumulated over the split; all values are fractions
-in [0, 1]): ``accuracy`` and ``f1_macro`` for classification; ``accuracy`` (pixels), ``miou`` and
-the per-class IoU for segmentation, plus ``iou_burn_scar`` (IoU of the burn-scar class) for HLS
-Burn Scars. Macro averages skip classes absent from both the targets and the predictions of the
+in [0, 1]): ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for classification;
+``accuracy`` (pixels), ``miou`` and the per-class IoU for segmentation, plus ``iou_burn_scar``
+(IoU of the burn-scar class) for HLS Burn Scars. Macro averages skip classes absent from both the targets and the predictions of the
 split (torchmetrics' and scikit-learn's convention). **Burn Scars in the table**: the paper's
 column says "IoU" while PANGAEA, whose protocol and code the paper follows, reports the mIoU
 over both classes for this dataset; ``miou`` therefore fills the table by default
@@ -30,8 +30,12 @@ __all__ = ["table_metric", "default_precision", "metrics_from_confusion"]
 
 
 def table_metric(dataset: str, hls_metric: str = "miou") -> str:
-    """The metric of ``dataset``'s Table 1 column (and of the best-checkpoint choice)."""
-    task = _dataset_cls(dataset).task
+    """The metric of ``dataset``'s Table 1 column (and of the best-checkpoint choice); a dataset
+    class may name its own (``BigEarthNetSampleTask.metric = "balanced_accuracy"``)."""
+    cls = _dataset_cls(dataset)
+    task = cls.task
+    if getattr(cls, "metric", None):
+        return cls.metric
     if task == "classification":
         return "f1_macro"
     if dataset == "hls-burn-scars":
@@ -58,7 +62,8 @@ def metrics_from_confusion(confmat: Tensor | np.ndarray, task: str, *,
                            positive: tuple[int, str] | None = None) -> dict[str, Any]:
     """Metrics from a confusion matrix ``C[target, prediction]`` (counts).
 
-    Classification: ``accuracy`` (overall), ``f1_macro`` and ``f1_per_class``. Segmentation:
+    Classification: ``accuracy`` (overall), ``balanced_accuracy`` (mean recall over the
+    classes present in the targets), ``f1_macro`` and ``f1_per_class``. Segmentation:
     ``accuracy`` (pixels), ``miou`` and ``iou_per_class``, plus ``positive[1]`` = the IoU of
     class ``positive[0]`` when given. Macro means skip classes with ``tp + fp + fn == 0``
     (absent from targets and predictions), as torchmetrics' ``average="macro"`` does; their
@@ -81,6 +86,12 @@ def metrics_from_confusion(confmat: Tensor | np.ndarray, task: str, *,
 
     if task == "classification":
         out["f1_per_class"], out["f1_macro"] = per_class(2 * tp, 2 * tp + fp + fn)
+        # the mean recall over the classes present in the targets (scikit-learn's
+        # balanced_accuracy_score); a class never predicted nor present is skipped
+        recall = tp / cm.sum(1).clamp_min(1e-300)
+        observed = cm.sum(1) > 0
+        out["balanced_accuracy"] = float(recall[observed].mean()) if observed.any() \
+            else float("nan")
     elif task == "segmentation":
         out["iou_per_class"], out["miou"] = per_class(tp, tp + fp + fn)
         if positive is not None:
