@@ -12,6 +12,10 @@ scenes made like ``sklearn.model_selection.train_test_split(test_size=0.1, rando
 (reproduced here without sklearn: ``RandomState(23).permutation(n)``, the first
 ``ceil(0.1 n)`` indices are ``val``); ``test`` is ``validation/``.
 
+Scene size: every scene must have the size its file name states (``subsetted_512x512_``: 512 x
+512 px, as in all of the real archive; 512 x 512 for a name without it); another size, e.g. a
+scene cropped or cut short, is refused with an error that names the file.
+
 Nodata: pixels equal to the file's nodata tag, to -9999 or to 9999 (the value PANGAEA zeroes),
 or not finite, in any band, get the band's mean reflectance in the image (so spectral indices stay
 finite) and -1 (ignored) in the mask.
@@ -20,6 +24,7 @@ finite) and -1 (ignored) in the mask.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +34,20 @@ from torch import Tensor
 from . import _download
 from ._common import BenchmarkDataset
 
-__all__ = ["HLSBurnScars", "pangaea_train_val_split"]
+__all__ = ["HLSBurnScars", "SCENE_SIZE", "pangaea_train_val_split", "scene_shape"]
 
 HF_REPO = "ibm-nasa-geospatial/hls_burn_scars"
 NODATA_VALUES = (-9999.0, 9999.0)
+#: The side of every scene of the archive, in pixels.
+SCENE_SIZE = 512
+_SIZE_IN_NAME = re.compile(r"^subsetted_(\d+)x(\d+)_")
+
+
+def scene_shape(path: str | Path) -> tuple[int, int]:
+    """The (height, width) a scene file must have: the size in its name
+    (``subsetted_512x512_HLS...``), else :data:`SCENE_SIZE` square."""
+    m = _SIZE_IN_NAME.match(Path(path).name)
+    return (int(m[1]), int(m[2])) if m else (SCENE_SIZE, SCENE_SIZE)
 
 
 def pangaea_train_val_split(n: int, seed: int = 23, val_fraction: float = 0.1
@@ -123,6 +138,12 @@ class HLSBurnScars(BenchmarkDataset):
             raise self._unreadable(image_path, ValueError(
                 f"expected {len(self.all_bands)} bands matching the mask {mask.shape}, "
                 f"got {data.shape}"))
+        expected = scene_shape(image_path)
+        if data.shape[1:] != expected:
+            raise self._unreadable(image_path, ValueError(
+                f"the scene is {data.shape[1]} x {data.shape[2]} px, not the {expected[0]} x "
+                f"{expected[1]} px of HLS Burn Scars scenes that its name states; was it cropped "
+                f"or cut short?"))
         invalid = ~np.isfinite(data)
         for value in NODATA_VALUES + ((nodata,) if nodata is not None else ()):
             if value is not None and np.isfinite(value):

@@ -4,11 +4,13 @@
 ``training/`` (4 scenes: PANGAEA's 90 / 10 split gives 3 train, 1 val) and ``validation/``
 (2 scenes, the test split), each scene a pair of GeoTIFFs named as in the real archive:
 
-* ``subsetted_512x512_HLS.S30.<tile>.<yyyyddd>.v1.4_merged.tif``: 6 float32 bands
+* ``subsetted_32x32_HLS.S30.<tile>.<yyyyddd>.v1.4_merged.tif``: 6 float32 bands
   (B02, B03, B04, B8A, B11, B12), UTM georeferencing, ``nodata=-9999``;
-* ``subsetted_512x512_HLS.S30.<tile>.<yyyyddd>.v1.4.mask.tif``: 1 int16 band, 1 / 0 / -1.
+* ``subsetted_32x32_HLS.S30.<tile>.<yyyyddd>.v1.4.mask.tif``: 1 int16 band, 1 / 0 / -1.
 
-32 x 32 px instead of 512. Band ``k`` holds ``0.05 (k + 1) + [0, 0.01)`` so a test can check
+32 x 32 px instead of 512, and named so: the real archive names every scene
+``subsetted_512x512_HLS...``, and the loader refuses a scene whose size is not the one its name
+states (a 512 x 512 scene is tested in tests/test_datasets.py, written there). Band ``k`` holds ``0.05 (k + 1) + [0, 0.01)`` so a test can check
 band order. The first training scene has -9999 in every band on its top-left 2 x 2 pixels and
 9999 in band B11 at pixel (0, 5); the mask marks the first row of each scene -1 (missing).
 Everything is tarred into ``hls_burn_scars.tar.gz`` (members ``training/...``,
@@ -62,7 +64,7 @@ def main() -> None:
                 image[4, 0, 5] = 9999
             mask = rng.integers(0, 2, (SIZE, SIZE)).astype(np.int16)
             mask[0, :] = -1
-            write_scene(out, f"subsetted_512x512_HLS.S30.{tile}.{date}.v1.4", image, mask, i)
+            write_scene(out, f"subsetted_{SIZE}x{SIZE}_HLS.S30.{tile}.{date}.v1.4", image, mask, i)
     with tarfile.open(HERE / "hls_burn_scars.tar.gz", "w:gz") as tar:
         for folder in SCENES:
             for path in sorted((HERE / folder).iterdir()):
