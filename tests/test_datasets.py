@@ -298,6 +298,91 @@ def test_unknown_split_and_band(name: str) -> None:
         cls(root=root, bands=cls.all_bands[0])
 
 
+def _hls_scene(folder: Path, stem: str, height: int, width: int) -> None:
+    """One scene in the real archive's format (tests/data/hls_burn_scars/data.py), any size."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hls_fixture", HLS / "data.py")
+    fixture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture)
+    image = np.full((6, height, width), 0.1, dtype=np.float32)
+    fixture.write_scene(folder, stem, image, np.zeros((height, width), np.int16), 0)
+
+
+def test_hls_scenes_must_have_the_size_of_their_name(tmp_path: Path) -> None:
+    """Every scene of the real archive is ``subsetted_512x512_...`` and 512 x 512 px; one that is
+    not the size its name states (cropped, cut short) is refused, naming the file."""
+    from deflect_min.data.hls_burn_scars import SCENE_SIZE, scene_shape
+
+    assert SCENE_SIZE == 512
+    assert scene_shape("subsetted_512x512_HLS.S30.T10SEH.2018190.v1.4_merged.tif") == (512, 512)
+    assert scene_shape("my_scene_merged.tif") == (512, 512)
+    assert scene_shape(next((HLS / "training").glob("*_merged.tif"))) == (32, 32)
+    root = tmp_path / "hls"
+    for sub in ("training", "validation"):
+        (root / sub).mkdir(parents=True)
+    _hls_scene(root / "training", "subsetted_512x512_HLS.S30.T10SEH.2018190.v1.4", 512, 512)
+    _hls_scene(root / "validation", "subsetted_512x512_HLS.S30.T10TEK.2018250.v1.4", 512, 512)
+    _hls_scene(root / "validation", "subsetted_512x512_HLS.S30.T13SDA.2020260.v1.4", 500, 512)
+    _hls_scene(root / "validation", "HLS.S30.T14SDA.2020261_merged", 256, 256)
+    assert HLSBurnScars(root, "val")[0]["image"].shape == (6, 512, 512)  # 1 scene: val
+    test = HLSBurnScars(root, "test")
+    names = [image.name for image, _ in test.files]
+    assert test[names.index("subsetted_512x512_HLS.S30.T10TEK.2018250.v1.4_merged.tif")][
+        "mask"].shape == (512, 512)
+    bad = "subsetted_512x512_HLS.S30.T13SDA.2020260.v1.4_merged.tif"
+    with pytest.raises(UnreadableFileError, match=rf"cannot read .*{bad} .*500 x 512 px, not the "
+                                                  r"512 x 512 px of HLS Burn Scars scenes"):
+        test[names.index(bad)]
+
+
+def test_forestnet_forest_loss_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polygon of meta_info["forest_loss_region"] (WKT written by shapely, as geo-bench's
+    converter writes it; tests/data/geobench/data.py), drawn as the converter drew it: PIL
+    outline + fill of each exterior ring, holes ignored."""
+    from PIL import Image, ImageDraw
+
+    def drawn(*rings):
+        img = Image.new("L", (16, 16), 0)
+        for ring in rings:
+            ImageDraw.Draw(img).polygon(ring, outline=1, fill=1)
+        return torch.from_numpy(np.array(img, dtype=bool))
+
+    expected = {  # the fixture's polygons, by sample name
+        "forestnet_0000": drawn([(2, 3), (12, 4), (10, 13), (3, 11), (2, 3)]),
+        "forestnet_0001": drawn([(1, 1), (4, 1), (4, 4), (1, 4), (1, 1)],
+                                [(8.5, 8.5), (14, 9), (12, 14.5), (8.5, 8.5)]),
+        "forestnet_0002": torch.ones(16, 16, dtype=torch.bool),  # the hole is not cut out
+        "forestnet_0003": drawn([(3, 12), (13, 12), (8, 2), (3, 12)]),
+    }
+    seen = 0
+    for split in SPLITS:
+        ds = MForestNet(GEOBENCH, split)
+        for i, path in enumerate(ds.files):
+            mask = ds.forest_loss_mask(i)
+            assert mask.dtype == torch.bool and mask.shape == ds[i]["image"].shape[-2:]
+            assert torch.equal(mask, expected[path.stem]), path.stem
+            seen += 1
+    assert seen == 4
+    assert 0 < int(expected["forestnet_0000"].sum()) < 256
+
+    import deflect_min.data.geobench as gb_module
+
+    real = gb_module.read_geobench_attrs
+
+    def without_polygon(h5):
+        attrs = real(h5)
+        for key in attrs["bands_order"]:
+            attrs[key]["meta_info"].pop("forest_loss_region", None)
+        return attrs
+
+    monkeypatch.setattr(gb_module, "read_geobench_attrs", without_polygon)
+    with pytest.raises(UnreadableFileError, match="forestnet_0000.hdf5 .*no 'forest_loss_region'"):
+        MForestNet(GEOBENCH, "train").forest_loss_mask(0)
+    with pytest.raises(ValueError, match="not a POLYGON or MULTIPOLYGON"):
+        gb_module._wkt_exteriors("POINT (1 2)")
+
+
 def test_wrong_sensor_band_hint() -> None:
     with pytest.raises(ValueError, match=r"did you mean \['L8_B04'\]"):
         MForestNet(GEOBENCH, bands=["S2_B04"])

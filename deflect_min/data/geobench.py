@@ -292,7 +292,7 @@ class MBrickKiln(GeoBenchClassification):
 
     **What its last three bands are is uncertain.** GEO-Bench names the 13 channels of the source
     (SustainBench's HDF5 blocks) by position only (``make_sample`` in
-    geo-bench ``geobench/benchmark/dataset_converters/brick_kiln.py``: channel ``i`` gets
+    geo-bench ``make_benchmark/dataset_converters/brick_kiln.py``: channel ``i`` gets
     ``sentinel2_13_bands[i]``; nothing checks them). The stored means of "B10", "B11" and "B12"
     (about 83, 91 and 69 DN in PANGAEA's configuration) are far below Sentinel-2 SWIR values
     (around 1000 to 2500 DN over land), so these channels may not be SWIR at all. Indices that use
@@ -317,12 +317,14 @@ class MForestNet(GeoBenchClassification):
     Spectral indices computed from it are approximate.
 
     **Pixels outside the forest-loss polygon were blended with white** before GEO-Bench stored
-    them (``overlay_mask`` in geo-bench ``geobench/benchmark/dataset_converters/forestnet.py``:
+    them (``overlay_mask`` in geo-bench ``make_benchmark/dataset_converters/forestnet.py``:
     the image, at alpha 192/255, is pasted over white, then the polygon's pixels are restored), so
     outside the polygon every stored value is v' = 0.753 v + 63 (8-bit). Band ratios and spectral
     indices there are biased towards those of white; only the polygon keeps the original values.
-    The polygon itself is in each band's ``meta_info["forest_loss_region"]`` (WKT) of the file's
-    pickled attributes; this class does not rasterise it yet.
+    The polygon itself is in each band's ``meta_info["forest_loss_region"]`` (WKT, in pixel
+    coordinates) of the file's pickled attributes: :meth:`forest_loss_mask` rasterises it as the
+    converter did (PIL ``ImageDraw.polygon`` with outline and fill, exterior rings only), so that
+    an analysis can keep to the pixels that were not blended.
 
     Example::
 
@@ -341,3 +343,60 @@ class MForestNet(GeoBenchClassification):
         "Small-scale oil palm plantation", "Mining", "Fish pond", "Logging",
         "Secondary forest", "Other",
     )
+
+    def forest_loss_mask(self, index: int) -> Tensor:
+        """``(H, W)`` bool: the forest-loss polygon of sample ``index`` (True inside), from
+        ``meta_info["forest_loss_region"]``, drawn as geo-bench's ForestNet converter drew the
+        mask it kept unblended (``draw_img_roi``: ``ImageDraw.polygon`` of each exterior ring,
+        outline and fill; ``make_benchmark/dataset_converters/forestnet.py`` at geo-bench
+        4777011, lines 70-85 and 130-131). Raises ``UnreadableFileError`` if the file has none.
+        """
+        import h5py
+        from PIL import Image, ImageDraw
+
+        path = self.files[index]
+        try:
+            with h5py.File(path, "r") as h5:
+                attrs = read_geobench_attrs(h5)
+                first = attrs["bands_order"][0]
+                height, width = h5[first].shape
+                meta = attrs[first].get("meta_info") or {}
+            if "forest_loss_region" not in meta:
+                raise KeyError("meta_info has no 'forest_loss_region' (GEO-Bench's m-forestnet "
+                               "files carry the polygon's WKT there)")
+            rings = _wkt_exteriors(meta["forest_loss_region"])
+        except (OSError, KeyError, ValueError, SyntaxError, EOFError, TypeError,
+                pickle.UnpicklingError) as error:
+            raise self._unreadable(path, error) from error
+        mask = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(mask)
+        for ring in rings:
+            draw.polygon(ring, outline=1, fill=1)
+        return torch.from_numpy(np.array(mask, dtype=bool))
+
+
+def _wkt_exteriors(wkt: str) -> list[list[tuple[float, float]]]:
+    """The exterior ring of each polygon of a WKT ``POLYGON`` or ``MULTIPOLYGON`` (holes are
+    skipped, as the converter skips them), as lists of (x, y)."""
+    kind, _, body = str(wkt).strip().partition(" ")
+    depth_of_rings = {"POLYGON": 2, "MULTIPOLYGON": 3}.get(kind.upper())
+    if depth_of_rings is None:
+        raise ValueError(f"forest_loss_region is a {kind!r}, not a POLYGON or MULTIPOLYGON WKT")
+    rings: list[list[tuple[float, float]]] = []
+    depth, start, exterior = 0, 0, False
+    for i, ch in enumerate(body):
+        if ch == "(":
+            depth += 1
+            if depth == depth_of_rings - 1:
+                exterior = True  # the first ring of a polygon is its exterior
+            elif depth == depth_of_rings:
+                start = i + 1
+        elif ch == ")":
+            if depth == depth_of_rings and exterior:
+                rings.append([(float(x), float(y)) for x, y in
+                              (point.split() for point in body[start:i].split(","))])
+                exterior = False
+            depth -= 1
+    if depth != 0:
+        raise ValueError(f"unbalanced parentheses in the WKT {str(wkt)[:80]!r}")
+    return rings

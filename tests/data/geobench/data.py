@@ -5,8 +5,8 @@ Run ONCE, in a throwaway environment that has the writer (it is deliberately not
 deflect_min)::
 
     python3.11 -m venv /tmp/gbvenv
-    /tmp/gbvenv/bin/pip install geobench "numpy<2"      # geobench 1.0.0 on Python 3.11
-    /tmp/gbvenv/bin/python tests/data/geobench/data.py
+    /tmp/gbvenv/bin/pip install geobench "numpy<2" shapely  # geobench 1.0.0 on Python 3.11
+    /tmp/gbvenv/bin/python tests/data/geobench/data.py              # or: ... data.py m-forestnet
 
 The generated files are committed, so the tests never need ``geobench``. The layout is the one the
 Hugging Face dataset ``recursix/geo-bench-1.0`` unpacks to::
@@ -22,6 +22,12 @@ true band order (``bands_order``), so a test can check that a band selected by n
 in its named position although h5py lists the HDF5 keys alphabetically. The sizes are tiny
 (8 x 8 for So2Sat and Brick Kiln, 16 x 16 for ForestNet, instead of 32 / 64 / 332 px) to keep the tree under 300 KB.
 
+m-forestnet's bands carry ``meta_info["forest_loss_region"]``, the WKT of the forest-loss polygon
+in pixel coordinates, written as the converter writes it (``forest_loss_polygon.wkt`` of a
+shapely geometry: geo-bench ``make_benchmark/dataset_converters/forestnet.py`` at 4777011, lines
+166-170 and 189-193): a polygon, a multipolygon, a polygon with a hole and a triangle, one per
+sample. The pixels are not blended with white outside it (the values stay ``c_k + noise``).
+
 geobench's ``Partition.save(as_default=True)`` makes ``default_partition.json`` a symlink; it is
 replaced here by a regular copy so that git and zip archives carry the content.
 """
@@ -29,6 +35,7 @@ replaced here by a regular copy so that git and zip archives carry the content.
 import datetime
 import json
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -39,6 +46,7 @@ import geobench as gb  # noqa: F401  (registers the historic module aliases)
 from geobench import dataset as gbd
 from geobench.label import Classification
 from geobench.task import TaskSpecifications
+from shapely.geometry import MultiPolygon, Polygon
 
 HERE = Path(__file__).resolve().parent
 BENCH = HERE / "classification_v1.0"
@@ -59,6 +67,16 @@ FORESTNET_CLASSES = [
 ]
 
 
+#: The forest-loss polygons of the four m-forestnet samples (pixel coordinates of 16 x 16 px).
+FOREST_LOSS = [
+    Polygon([(2, 3), (12, 4), (10, 13), (3, 11)]),
+    MultiPolygon([Polygon([(1, 1), (4, 1), (4, 4), (1, 4)]),
+                  Polygon([(8.5, 8.5), (14, 9), (12, 14.5)])]),
+    Polygon([(0, 0), (15, 0), (15, 15), (0, 15)], holes=[[(5, 5), (10, 5), (10, 10), (5, 10)]]),
+    Polygon([(3, 12), (13, 12), (8, 2)]),
+]
+
+
 def so2sat_band(k: int, rng: np.random.Generator) -> np.ndarray:
     """Float32 reflectance (So2Sat stores reflectance): 0.01 (k + 1) + [0, 0.005)."""
     noise = np.floor(rng.random((SIZE, SIZE)) * 10) / 2048
@@ -76,7 +94,7 @@ def forest_band(k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_task(name, bands_info, labels, n_classes, class_names, make_band, resolution,
-               geo=False, dated=False, s1=0, size=SIZE):
+               geo=False, dated=False, s1=0, size=SIZE, regions=None):
     global SIZE
     SIZE = size
     rng = np.random.default_rng(0)
@@ -105,6 +123,8 @@ def write_task(name, bands_info, labels, n_classes, class_names, make_band, reso
                 100 + i, 1, 100.01 + i, 1.01, SIZE, SIZE) if geo else None
             crs = "EPSG:4326" if geo else None
             meta = {"n_cloud_pixels": None, "is_composite": True} if dated else None
+            if regions is not None:
+                meta["forest_loss_region"] = regions[i].wkt
             bands = []
             for j, info in enumerate(bands_info):
                 if j < s1:  # So2Sat's Sentinel-1 channels: noise
@@ -134,16 +154,19 @@ def write_task(name, bands_info, labels, n_classes, class_names, make_band, reso
     print(archive.name, archive.stat().st_size, "bytes")
 
 
-def main() -> None:
+def main(tasks: list[str]) -> None:
     s2 = gbd.sentinel2_13_bands
-    write_task("m-so2sat", gbd.sentinel1_8_bands + s2[1:9] + s2[-2:], [0, 16, 5, 3], 17,
-               SO2SAT_CLASSES, so2sat_band, 10, s1=8, size=8)
-    write_task("m-brick-kiln", s2, [0, 1, 1, 0], 2, ["not brick kiln", "brick kiln"],
-               brick_band, 10, geo=True, size=8)
     l8 = gbd.landsat8_9_bands
-    write_task("m-forestnet", l8[3:0:-1] + l8[4:7], [0, 11, 7, 2], 12, FORESTNET_CLASSES,
-               forest_band, 15, geo=True, dated=True, size=16)
+    if "m-so2sat" in tasks:
+        write_task("m-so2sat", gbd.sentinel1_8_bands + s2[1:9] + s2[-2:], [0, 16, 5, 3], 17,
+                   SO2SAT_CLASSES, so2sat_band, 10, s1=8, size=8)
+    if "m-brick-kiln" in tasks:
+        write_task("m-brick-kiln", s2, [0, 1, 1, 0], 2, ["not brick kiln", "brick kiln"],
+                   brick_band, 10, geo=True, size=8)
+    if "m-forestnet" in tasks:
+        write_task("m-forestnet", l8[3:0:-1] + l8[4:7], [0, 11, 7, 2], 12, FORESTNET_CLASSES,
+                   forest_band, 15, geo=True, dated=True, size=16, regions=FOREST_LOSS)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["m-so2sat", "m-brick-kiln", "m-forestnet"])
