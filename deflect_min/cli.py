@@ -90,8 +90,9 @@ def _train_parser() -> _Parser:
     p.add_argument("--print-config", action="store_true",
                    help="print the effective settings as YAML and exit")
     p.add_argument("--dataset", default=None,
-                   help="m-so2sat, m-brick-kiln, m-forestnet, hls-burn-scars or mados (required, "
-                        "here or in --config)")
+                   help="m-so2sat, m-brick-kiln, m-forestnet, hls-burn-scars, mados, "
+                        "ben-samples (the sample patches: set dataset_kwargs in --config) or a "
+                        "torchgeo class path (required, here or in --config)")
     p.add_argument("--root", default=None, help="the dataset's root folder (required)")
     p.add_argument("--gfm", default="scalemae", help="the backbone: scalemae (default), "
                    "cross_scale_mae_base, cross_scale_mae_large, dino_mc, "

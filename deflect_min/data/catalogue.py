@@ -35,8 +35,9 @@ def dataset_class(name: str) -> type:
         return SAMPLE_DATASETS[name]
     if isinstance(name, str) and name.startswith("torchgeo."):
         return _torchgeo_class(name)
-    raise ValueError(f"unknown dataset {name!r}; valid names are {list(DATASETS)}, {list(SAMPLE_DATASETS)}, or a torchgeo "
-                     f"class path such as torchgeo.datasets.EuroSAT.")
+    raise ValueError(f"unknown dataset {name!r}; valid names are {list(DATASETS)}, "
+                     f"{list(SAMPLE_DATASETS)}, or a torchgeo class path such as "
+                     f"torchgeo.datasets.EuroSAT.")
 
 
 @functools.lru_cache(maxsize=None)

@@ -71,7 +71,8 @@ class TrainConfig:
 
     Attributes:
         dataset: a :data:`deflect_min.data.DATASETS` key (``"m-so2sat"``, ``"m-brick-kiln"``,
-            ``"m-forestnet"``, ``"hls-burn-scars"``, ``"mados"``).
+            ``"m-forestnet"``, ``"hls-burn-scars"``, ``"mados"``), ``"ben-samples"`` (the sample
+            patches, :mod:`deflect_min.data.ben_samples`) or a torchgeo class path.
         root: the dataset's root folder.
         dataset_kwargs: further arguments of the dataset class (``"ben-samples"``: ``label``,
             ``folds``, ``fold``, ``repeat``).

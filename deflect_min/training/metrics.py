@@ -3,12 +3,13 @@
 **Metrics** (torchmetrics confusion matrix, accumulated over the split; all values are fractions
 in [0, 1]): ``accuracy``, ``balanced_accuracy`` and ``f1_macro`` for classification;
 ``accuracy`` (pixels), ``miou`` and the per-class IoU for segmentation, plus ``iou_burn_scar``
-(IoU of the burn-scar class) for HLS Burn Scars. Macro averages skip classes absent from both the targets and the predictions of the
-split (torchmetrics' and scikit-learn's convention). **Burn Scars in the table**: the paper's
-column says "IoU" while PANGAEA, whose protocol and code the paper follows, reports the mIoU
-over both classes for this dataset; ``miou`` therefore fills the table by default
-(``hls_metric="iou_burn_scar"`` picks the other, for training and for ``deflect-table``), and
-both are recorded in every result. Which one the paper printed is not known.
+(IoU of the burn-scar class) for HLS Burn Scars. Macro averages skip classes absent from both the
+targets and the predictions of the split (torchmetrics' and scikit-learn's convention).
+**Burn Scars in the table**: the paper's column says "IoU" while PANGAEA, whose protocol and code
+the paper follows, reports the mIoU over both classes for this dataset; ``miou`` therefore fills
+the table by default (``hls_metric="iou_burn_scar"`` picks the other, for training and for
+``deflect-table``), and both are recorded in every result. Which one the paper printed is not
+known.
 
 **Precision** (:func:`default_precision`): fp32 on CPU, ``"bf16-mixed"`` on GPUs with native
 bf16 (compute capability >= 8.0), ``"16-mixed"`` (fp16 autocast with a gradient scaler) below
