@@ -57,7 +57,7 @@ from deflect_min.training import TrainConfig, train
 from deflect_min.training.metrics import metrics_from_confusion
 
 __all__ = ["METHODS", "REFERENCE", "Key", "keys", "train_config", "run_key", "choose",
-           "main"]
+           "read_results", "chosen_predictions", "main"]
 
 #: The deep methods, in the order of the tables.
 METHODS = ("frozen", "norm", "bitfit", "lora", "slr", "deflect", "deflect+lora", "full")
@@ -247,6 +247,37 @@ def write_tables(records: list[dict[str, Any]], out: Path) -> None:
             writer.writeheader()
             writer.writerows(table)
         os.replace(tmp, out / name)
+
+
+def read_results(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """``(runs, predictions, sweep)``: the two CSVs as pandas DataFrames and ``sweep.json``."""
+    import pandas as pd
+
+    folder = Path(folder)
+    missing = [n for n in ("runs.csv", "predictions.csv", "sweep.json")
+               if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}: run python -m benchmarks.real_small "
+                                f"--out {folder} (about an hour on 2 CPU cores).")
+    return (pd.read_csv(folder / "runs.csv"), pd.read_csv(folder / "predictions.csv"),
+            json.loads((folder / "sweep.json").read_text()))
+
+
+def chosen_predictions(predictions: Any, method: str, task: str
+                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(patch_ids, y, pred)`` of a method on a task, at the settings chosen on validation:
+    every patch once per seed (its test fold), ``y`` (n,) and ``pred`` (seeds, n), in patch-id
+    order."""
+    rows = predictions[(predictions["method"] == method) & (predictions["task"] == task)
+                       & predictions["selected"]]
+    if rows.empty:
+        raise KeyError(f"no chosen predictions of {method!r} on {task!r}.")
+    table = rows.pivot(index="patch_id", columns="seed", values="prob").sort_index()
+    if table.isna().any().any():
+        raise ValueError(f"{method} on {task}: some patches lack a test prediction in some "
+                         f"seed; is the sweep complete?")
+    y = rows.drop_duplicates("patch_id").set_index("patch_id")["target"].loc[table.index]
+    return list(table.index), y.to_numpy(), (table.to_numpy().T > 0.5).astype(int)
 
 
 def git_revision() -> str:
