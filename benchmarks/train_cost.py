@@ -70,7 +70,8 @@ def write_scenes(root: Path, *, training: int, test: int, size: int = 512) -> No
         for i in range(n):
             image = (0.02 + 0.4 * rng.random((6, size, size))).astype(np.float32)
             mask = rng.integers(0, 2, (size, size)).astype(np.int16)
-            stem = f"subsetted_512x512_HLS.S30.T10SEH.{2018000 + i}.v1.4"
+            # named like the archive's scenes, with their true size (the loader checks it)
+            stem = f"subsetted_{size}x{size}_HLS.S30.T10SEH.{2018000 + i}.v1.4"
             fixture.write_scene(root / folder, stem, image, mask, i)
 
 

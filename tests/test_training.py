@@ -94,7 +94,8 @@ def _check_result(r: dict, *, dataset: str, metric: str, n_classes: int) -> None
 def test_classification_cycle_cli(runs) -> None:
     r = runs["so2sat"]
     _check_result(r, dataset="m-so2sat", metric="f1_macro", n_classes=17)
-    assert r["task"] == "classification" and set(r["metrics"]["test"]) == {"accuracy", "f1_macro"}
+    assert r["task"] == "classification" and set(r["metrics"]["test"]) == {"accuracy", "f1_macro",
+                                                                  "balanced_accuracy"}
     assert np.asarray(r["confusion_matrix"]["test"]).sum() == r["split_sizes"]["test"] == 1
     assert r["bands"] == r["config"]["bands"] or r["config"]["bands"] is None
     assert len(r["bands"]) == 10
