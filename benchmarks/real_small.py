@@ -135,9 +135,8 @@ class _TestProbabilities(Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                           dataloader_idx=0) -> None:
-        with torch.no_grad():
-            logits = pl_module.model(batch["image"])
-        self.probs += torch.softmax(logits.float(), dim=1)[:, 1].tolist()
+        # outputs: the logits that TaskModule.test_step computed for the confusion matrix
+        self.probs += torch.softmax(outputs.float(), dim=1)[:, 1].tolist()
 
 
 def run_key(key: Key, *, folds: int, steps: int, img_size: int, work_dir: Path

@@ -178,13 +178,11 @@ def test_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 
 def _committed(method, task, seed, fold, setting):
-    rows = [r for r in csv.DictReader((RESULTS / "runs.csv").open())
-            if (r["method"], r["task"], r["seed"], r["fold"], r["setting"])
-            == (method, task, str(seed), str(fold), setting)]
-    preds = [r for r in csv.DictReader((RESULTS / "predictions.csv").open())
-             if (r["method"], r["task"], r["seed"], r["fold"], r["setting"])
-             == (method, task, str(seed), str(fold), setting)]
-    return rows, preds
+    """The committed rows of runs.csv and predictions.csv of one run."""
+    key = (method, task, str(seed), str(fold), setting)
+    return tuple([r for r in csv.DictReader((RESULTS / name).open())
+                  if (r["method"], r["task"], r["seed"], r["fold"], r["setting"]) == key]
+                 for name in ("runs.csv", "predictions.csv"))
 
 
 def test_the_committed_sweep_is_complete():

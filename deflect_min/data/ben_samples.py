@@ -133,6 +133,7 @@ class BigEarthNetSampleTask(BenchmarkDataset):
                   "train": (fold != self.fold) & (fold != val_fold)}
         self.indices = np.flatnonzero(chosen[self.split])
         self.train_indices = np.flatnonzero(chosen["train"])
+        self._stats: dict[str, tuple[float, float]] | None = None
 
     def _download_call(self) -> str:
         return f"{type(self).__name__}(root={str(SAMPLES_PATH)!r})"
@@ -143,10 +144,12 @@ class BigEarthNetSampleTask(BenchmarkDataset):
         return [self.samples.patch_ids[i] for i in self.indices]
 
     def _all_band_stats(self) -> dict[str, tuple[float, float]]:
-        x = self.samples.reflectance[self.train_indices]
-        pixels = rearrange(x, "n c h w -> c (n h w)").double()
-        mean, std = pixels.mean(dim=1), pixels.std(dim=1)
-        return {b: (float(m), float(s)) for b, m, s in zip(self.all_bands, mean, std)}
+        if self._stats is None:  # band_stats, mean and std all come through here
+            x = self.samples.reflectance[self.train_indices]
+            pixels = rearrange(x, "n c h w -> c (n h w)").double()
+            mean, std = pixels.mean(dim=1), pixels.std(dim=1)
+            self._stats = {b: (float(m), float(s)) for b, m, s in zip(self.all_bands, mean, std)}
+        return self._stats
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -144,21 +144,23 @@ class TaskModule(L.LightningModule):
         return self.model(x)
 
     def _eval_step(self, batch: Mapping[str, Tensor], confmat: MulticlassConfusionMatrix
-                   ) -> Tensor:
+                   ) -> tuple[Tensor, Tensor]:
+        """(loss, logits) of an evaluation batch, its predictions added to ``confmat``."""
         x, y = self._unpack(batch)
         logits = self._eval_logits(x)
         confmat.update(logits.argmax(1), y)
-        return self._loss(logits, y).detach()
+        return self._loss(logits, y).detach(), logits.detach()
 
     def on_validation_epoch_start(self) -> None:
         self._val_loss_sum, self._val_loss_n = 0.0, 0
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._val_loss_sum = self._val_loss_sum + self._eval_step(batch, self.val_confmat)
+        self._val_loss_sum = self._val_loss_sum + self._eval_step(batch, self.val_confmat)[0]
         self._val_loss_n += 1
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_confmat)
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        """The batch's logits, which callbacks receive as ``outputs`` in ``on_test_batch_end``."""
+        return self._eval_step(batch, self.test_confmat)[1]
 
     def _epoch_metrics(self, confmat: MulticlassConfusionMatrix) -> dict[str, Any]:
         cm = confmat.compute().cpu()
